@@ -1,0 +1,216 @@
+"""mediastore settings: read from the environment only (see README's configuration table).
+
+A bad value stops start-up with ``ImproperlyConfigured`` naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from mediastore.databases import database_config
+from mediastore.env import (
+    env_bool,
+    env_duration,
+    env_int,
+    env_list,
+    env_optional_str,
+    env_path,
+    env_str,
+    env_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = env_path("DATA_DIR", str(BASE_DIR / "var"))
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+
+
+def _secret_key() -> str:
+    """``DJANGO_SECRET_KEY``, else one generated once and kept in ``$DATA_DIR/secret_key``.
+
+    A self-hosted install then starts with no configuration and still never runs on a known key; web and
+    worker starting together race on O_EXCL, and the loser reads the winner's key.
+    """
+    configured = env_optional_str("DJANGO_SECRET_KEY")
+    if configured is not None:
+        return configured
+    path = DATA_DIR / "secret_key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text().strip()
+        if not key:
+            raise ImproperlyConfigured(f"DJANGO_SECRET_KEY: unset and {path} is empty; delete it or set the variable")
+        return key
+    key = secrets.token_urlsafe(50)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+# --- Database -------------------------------------------------------------------------------------------
+_DB = database_config(
+    env_optional_str("DATABASE_URL"),
+    data_dir=DATA_DIR,
+    database_name=env_optional_str("DATABASE_NAME"),
+)
+DATABASES = {"default": _DB.default}
+DATABASE_IS_MONGODB = _DB.is_mongodb
+DEFAULT_AUTO_FIELD = _DB.default_auto_field
+MIGRATION_MODULES = _DB.migration_modules
+
+INSTALLED_APPS = _DB.installed_apps(
+    [
+        "django.contrib.admin",
+        "django.contrib.auth",
+        "django.contrib.contenttypes",
+        "django.contrib.sessions",
+        "django.contrib.messages",
+        "django.contrib.staticfiles",
+        "rest_framework",
+        "rest_framework.authtoken",
+        "django_celery_results",
+        "scenes",
+        "downloads",
+    ]
+)
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "mediastore.urls"
+WSGI_APPLICATION = "mediastore.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Serve straight from app folders when collectstatic has not run (tests, a first `make run`).
+WHITENOISE_USE_FINDERS = True
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+}
+
+# --- Celery ---------------------------------------------------------------------------------------------
+CELERY_BROKER_URL = env_url(
+    "CELERY_BROKER_URL", "redis://127.0.0.1:6379/0", schemes=("redis", "rediss", "sentinel", "memory")
+)
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", "django-db")
+CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 100, minimum=1)
+
+# A message not acknowledged within the visibility timeout is handed to another worker: that is how a
+# killed worker's task comes back (acks_late). The hard time limit must end a task before that, or a task
+# still running would be delivered twice.
+CELERY_BROKER_VISIBILITY_TIMEOUT = env_duration("CELERY_BROKER_VISIBILITY_TIMEOUT", 2 * 3600)
+CELERY_TASK_TIME_LIMIT = env_duration("CELERY_TASK_TIME_LIMIT", CELERY_BROKER_VISIBILITY_TIMEOUT - 600)
+CELERY_TASK_SOFT_TIME_LIMIT = env_duration("CELERY_TASK_SOFT_TIME_LIMIT", CELERY_TASK_TIME_LIMIT - 60)
+if not CELERY_TASK_SOFT_TIME_LIMIT < CELERY_TASK_TIME_LIMIT < CELERY_BROKER_VISIBILITY_TIMEOUT:
+    raise ImproperlyConfigured(
+        "CELERY_TASK_SOFT_TIME_LIMIT < CELERY_TASK_TIME_LIMIT < CELERY_BROKER_VISIBILITY_TIMEOUT must hold, got "
+        f"{CELERY_TASK_SOFT_TIME_LIMIT} / {CELERY_TASK_TIME_LIMIT} / {CELERY_BROKER_VISIBILITY_TIMEOUT} s"
+    )
+
+# --- Object storage -------------------------------------------------------------------------------------
+R2_BUCKET = env_optional_str("R2_BUCKET")
+R2_ENDPOINT_URL = env_url("R2_ENDPOINT_URL", None, schemes=("http", "https"))
+R2_ACCESS_KEY_ID = env_optional_str("R2_ACCESS_KEY_ID")
+R2_SECRET_ACCESS_KEY = env_optional_str("R2_SECRET_ACCESS_KEY")
+R2_REGION = env_str("R2_REGION", "auto")
+R2_PUBLIC_BASE_URL = env_url("R2_PUBLIC_BASE_URL", None, schemes=("http", "https"))
+if (R2_ACCESS_KEY_ID is None) != (R2_SECRET_ACCESS_KEY is None):
+    raise ImproperlyConfigured("R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY: set both or neither")
+if R2_BUCKET is None and any((R2_ENDPOINT_URL, R2_ACCESS_KEY_ID, R2_PUBLIC_BASE_URL)):
+    raise ImproperlyConfigured("R2_BUCKET: required when any other R2_* variable is set")
+# Where objects go when R2_BUCKET is unset (the embedded default).
+MEDIA_ROOT = DATA_DIR / "media"
+
+# --- Logging --------------------------------------------------------------------------------------------
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(f"LOG_LEVEL: expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {LOG_LEVEL!r}")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+}
+
+# --- Celery, fixed policy -------------------------------------------------------------------------------
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_RESULT_EXTENDED = True
+CELERY_TASK_TRACK_STARTED = True
+# Ack after the task ran, so a worker that dies mid-task leaves the message to be delivered again; the
+# tasks are idempotent for exactly this reason.
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_BROKER_VISIBILITY_TIMEOUT,
+    # kombu's Redis pool defaults to 10 connections and raises instead of waiting when it runs out: with
+    # -P gevent -c 100, 59-67 of 100 acks failed with MaxConnectionsError. mediastore.celery raises this
+    # to the worker's real -c at start-up.
+    "max_connections": CELERY_WORKER_CONCURRENCY + 20,
+    # Seconds a BRPOP waits before the worker loop looks around (and may restore unacked messages).
+    "polling_interval": 1,
+    # Without an event loop (the gevent pool) kombu restores unacked messages only on an empty poll, and by
+    # default on every tenth one; scan on each so a killed worker's task returns within a poll or two of
+    # its visibility timeout.
+    "unacked_restore_throttle": 1,
+    "socket_connect_timeout": 5,
+    "socket_timeout": 30,
+}
