@@ -205,11 +205,14 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # -P gevent -c 100, 59-67 of 100 acks failed with MaxConnectionsError. mediastore.celery raises this
     # to the worker's real -c at start-up.
     "max_connections": CELERY_WORKER_CONCURRENCY + 20,
-    # Seconds a BRPOP waits before the worker loop looks around (and may restore unacked messages).
-    "polling_interval": 1,
-    # Without an event loop (the gevent pool) kombu restores unacked messages only on an empty poll, and by
-    # default on every tenth one; scan on each so a killed worker's task returns within a poll or two of
-    # its visibility timeout.
+    # Without an event loop (the gevent pool) kombu restores unacked messages only when a poll comes back
+    # empty. The gevent worker polls with a 2 s timeout, and BRPOP's default 1 s timeout answers first
+    # (an empty reply is still a readable socket), so no poll was ever empty and a killed worker's task was
+    # never put back. polling_interval is the BRPOP timeout: above 2 s, an idle poll is empty every 2 s.
+    # A BRPOP that is still waiting returns a new message at once, so this adds no latency.
+    "polling_interval": 5,
+    # ...and scan on every empty poll, not every tenth, so a lost task returns within a poll or two of its
+    # visibility timeout.
     "unacked_restore_throttle": 1,
     "socket_connect_timeout": 5,
     "socket_timeout": 30,

@@ -1,0 +1,111 @@
+"""Fixtures for real services. Each starts on a free loopback port and is stopped even when a test fails."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connections
+
+from mediastore import celery_app
+from tests.harness.media import MediaFiles, MediaServer, generate_media
+from tests.harness.services import CeleryWorker, redis_server, s3_server, worker_environment
+
+USING_MONGODB = (os.environ.get("DATABASE_URL") or "").startswith(("mongodb://", "mongodb+srv://"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if USING_MONGODB:
+        return
+    skip = pytest.mark.skip(reason="needs DATABASE_URL pointing at MongoDB")
+    for item in items:
+        if "mongodb" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def harness_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("harness")
+
+
+@pytest.fixture(scope="session")
+def redis_session_url(harness_dir: Path) -> Iterator[str]:
+    with redis_server(harness_dir / "redis") as url:
+        # The test process publishes through the same app the web process uses; point it here before
+        # anything opens a broker connection.
+        celery_app.conf.broker_url = url
+        yield url
+
+
+@pytest.fixture
+def broker_url(redis_session_url: str) -> str:
+    """The session's Redis, emptied: no test sees another's messages or unacked entries."""
+    client = redis.Redis.from_url(redis_session_url)
+    client.flushall()
+    client.close()
+    return redis_session_url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(harness_dir: Path) -> Iterator[str]:
+    with s3_server(harness_dir / "s3") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def media_files(harness_dir: Path) -> MediaFiles:
+    return generate_media(harness_dir / "media")
+
+
+@pytest.fixture(scope="session")
+def media_server(media_files: MediaFiles) -> Iterator[MediaServer]:
+    with MediaServer(media_files) as server:
+        yield server
+
+
+def _worker_database_url() -> str:
+    """The URL of the test database this process set up, for a worker process to open the same one."""
+    settings_dict = connections["default"].settings_dict
+    if settings.DATABASE_IS_MONGODB:
+        parts = urlsplit(settings_dict["HOST"])
+        return urlunsplit(parts._replace(path="/" + settings_dict["NAME"]))
+    return "sqlite:///" + str(settings_dict["NAME"])
+
+
+StartWorker = Callable[..., CeleryWorker]
+
+
+@pytest.fixture
+def start_worker(transactional_db: None, broker_url: str, tmp_path: Path) -> Iterator[StartWorker]:
+    """Start real ``-P gevent`` workers on the test broker and test database; all are stopped after.
+
+    Tests that use it commit their rows (``transactional_db``) so the worker process can read them.
+    """
+    workers: list[CeleryWorker] = []
+
+    def start(*, concurrency: int = 4, env: Mapping[str, str] | None = None, wait: bool = True) -> CeleryWorker:
+        worker = CeleryWorker(
+            env=worker_environment(
+                broker_url=broker_url,
+                database_url=_worker_database_url(),
+                data_dir=tmp_path / "worker-data",
+                extra=env,
+            ),
+            log_path=tmp_path / f"worker-{len(workers)}.log",
+            concurrency=concurrency,
+        )
+        workers.append(worker)
+        if wait:
+            worker.wait_ready()
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in workers:
+            worker.stop()

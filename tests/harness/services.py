@@ -1,0 +1,112 @@
+"""redis-server, moto's S3 server and real Celery workers, each on its own free loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+
+from tests.harness.processes import ServiceProcess, free_port, port_open, wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    """A throwaway redis-server; yields its URL (database 0)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not on PATH; `make test` installs it")
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    process = ServiceProcess(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--protected-mode", "yes"],
+        log_path=workdir / "redis.log",
+    )
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_until(answers, timeout=10, what=f"redis-server on port {port}")
+        client.close()
+        yield url
+    finally:
+        process.stop(grace=5)
+
+
+@contextmanager
+def s3_server(workdir: Path) -> Iterator[str]:
+    """moto's standalone server: a real S3 HTTP endpoint on loopback; yields its URL."""
+    port = free_port()
+    process = ServiceProcess(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        log_path=workdir / "moto.log",
+    )
+    try:
+        wait_until(lambda: port_open(port), timeout=30, what=f"moto S3 server on port {port}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.stop(grace=5)
+
+
+class CeleryWorker:
+    """``celery worker -P gevent`` in its own process group, logging to a file."""
+
+    def __init__(self, *, env: Mapping[str, str], log_path: Path, concurrency: int,
+                 includes: tuple[str, ...] = ("tests.harness.tasks",)) -> None:
+        self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
+        argv = [
+            sys.executable, "-m", "celery", "-A", "mediastore", "worker",
+            "-P", "gevent", "-c", str(concurrency), "-n", self.name, "--loglevel", "INFO",
+            # One worker per test: no peers to synchronise with, and quicker start and stop.
+            "--without-mingle", "--without-gossip",
+        ]
+        for module in includes:
+            argv += ["-I", module]
+        self.process = ServiceProcess(argv, log_path=log_path, env=dict(env), cwd=REPO_ROOT)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if not self.process.alive():
+                raise RuntimeError(f"the worker exited during start-up:\n{self.log()[-4000:]}")
+            return " ready." in self.log()
+
+        wait_until(ready, timeout=timeout, interval=0.1, what="the Celery worker to say it is ready")
+
+    def log(self) -> str:
+        return self.process.log()
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def stop(self) -> None:
+        self.process.stop(grace=20)
+
+
+def worker_environment(*, broker_url: str, database_url: str, data_dir: Path,
+                       extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("R2_", "PYTEST_"))}
+    env.update({
+        "DJANGO_SETTINGS_MODULE": "mediastore.settings",
+        "CELERY_BROKER_URL": broker_url,
+        "DATABASE_URL": database_url,
+        "DATA_DIR": str(data_dir),
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.pop("DATABASE_NAME", None)
+    if extra:
+        env.update(extra)
+    return env
