@@ -61,7 +61,8 @@ def generate_media(root: Path) -> MediaFiles:
         "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25",
         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
     ]
-    _ffmpeg(*av_sources, "-t", "3", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+    # A keyframe every second, so HLS and DASH can cut 1 s segments (x264's default is every 250 frames).
+    _ffmpeg(*av_sources, "-t", "3", "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-pix_fmt", "yuv420p",
             "-c:a", "aac", "-b:a", "64k", "-movflags", "+faststart", str(root / "video.mp4"))
     _ffmpeg("-f", "lavfi", "-i", "sine=frequency=220:sample_rate=44100", "-t", "3", "-c:a", "aac",
             str(root / "audio.m4a"))

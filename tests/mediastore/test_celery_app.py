@@ -1,0 +1,47 @@
+"""Celery configuration that the worker relies on."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from django.conf import settings
+
+from mediastore import celery_app
+from mediastore.celery import _size_broker_pool, broker_pool_size
+
+
+def test_broker_pool_follows_command_line_concurrency():
+    conf = SimpleNamespace(worker_concurrency=100, broker_transport_options={"max_connections": 120, "x": 1})
+
+    _size_broker_pool(conf=conf, options={"concurrency": 500})
+
+    assert conf.broker_transport_options == {"max_connections": broker_pool_size(500), "x": 1}
+    assert broker_pool_size(500) > 500
+
+
+def test_broker_pool_is_never_shrunk():
+    conf = SimpleNamespace(worker_concurrency=4, broker_transport_options={"max_connections": 120})
+
+    _size_broker_pool(conf=conf, options={"concurrency": 4})
+
+    assert conf.broker_transport_options["max_connections"] == 120
+
+
+def test_time_limits_end_a_task_before_the_broker_hands_it_to_another_worker():
+    options = celery_app.conf.broker_transport_options
+
+    assert celery_app.conf.task_soft_time_limit < celery_app.conf.task_time_limit < options["visibility_timeout"]
+
+
+def test_tasks_are_acknowledged_late_one_at_a_time_in_json():
+    conf = celery_app.conf
+
+    assert (conf.task_acks_late, conf.worker_prefetch_multiplier) == (True, 1)
+    assert conf.accept_content == ["json"]
+    assert conf.broker_url == settings.CELERY_BROKER_URL or conf.broker_url.startswith("redis://127.0.0.1:")
+
+
+def test_broker_poll_outlasts_the_gevent_loop_timeout():
+    # The gevent worker polls with a 2 s timeout; only a BRPOP that waits longer lets a poll come back
+    # empty, which is when kombu restores a dead worker's unacked messages.
+    assert celery_app.conf.broker_transport_options["polling_interval"] > 2
