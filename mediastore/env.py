@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import overload
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
@@ -115,6 +116,10 @@ def env_path(name: str, default: str) -> Path:
     return Path(env_str(name, default)).expanduser().resolve()
 
 
+@overload
+def env_url(name: str, default: str, *, schemes: tuple[str, ...]) -> str: ...
+@overload
+def env_url(name: str, default: None, *, schemes: tuple[str, ...]) -> str | None: ...
 def env_url(name: str, default: str | None, *, schemes: tuple[str, ...]) -> str | None:
     value = _raw(name)
     if value is None:

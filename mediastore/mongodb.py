@@ -1,9 +1,12 @@
 """Code that exists only for MongoDB; everything else is shared with SQLite.
 
-The app configs, used only on MongoDB where an integer ``AutoField`` cannot exist, give Django's contrib apps and django-celery-results ``ObjectIdAutoField`` primary keys. Their
-migrations live in ``mediastore/mongo_migrations`` (see ``mediastore.databases``); regenerate them with
-``DATABASE_URL=mongodb://127.0.0.1:1/x python manage.py makemigrations admin auth contenttypes
-django_celery_results`` after upgrading Django or django-celery-results.
+The app configs, used only on MongoDB where an integer ``AutoField`` cannot exist, give Django's contrib
+apps and django-celery-results ``ObjectIdAutoField`` primary keys. Their migrations live in
+``mediastore/mongo_migrations`` (see ``mediastore.databases``). After upgrading Django or
+django-celery-results, regenerate them (no server needed)::
+
+    DATABASE_URL=mongodb://127.0.0.1:1/x python manage.py makemigrations \
+        admin auth contenttypes django_celery_results
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from django.contrib.admin.apps import AdminConfig
 from django.contrib.auth.apps import AuthConfig
 from django.contrib.contenttypes.apps import ContentTypesConfig
 from django.db import OperationalError
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.migrations.loader import MigrationLoader
 from django_celery_results.apps import CeleryResultConfig
 from pymongo.errors import ConnectionFailure
@@ -49,7 +53,7 @@ def unreachable_database_tolerated() -> Iterator[None]:
     """
     original = MigrationLoader.check_consistent_history
 
-    def check_consistent_history(loader: MigrationLoader, connection: object) -> None:
+    def check_consistent_history(loader: MigrationLoader, connection: BaseDatabaseWrapper) -> None:
         try:
             original(loader, connection)
         except ConnectionFailure as exc:

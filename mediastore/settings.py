@@ -9,6 +9,7 @@ import os
 import secrets
 from pathlib import Path
 
+import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 
 from mediastore.databases import database_config
@@ -22,6 +23,9 @@ from mediastore.env import (
     env_str,
     env_url,
 )
+
+# Lets the generic classes of django-stubs (ModelAdmin[Scene], QuerySet[Scene]) be subscripted at runtime.
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env_path("DATA_DIR", str(BASE_DIR / "var"))
@@ -45,7 +49,9 @@ def _secret_key() -> str:
     except FileExistsError:
         key = path.read_text().strip()
         if not key:
-            raise ImproperlyConfigured(f"DJANGO_SECRET_KEY: unset and {path} is empty; delete it or set the variable")
+            raise ImproperlyConfigured(
+                f"DJANGO_SECRET_KEY: unset and {path} is empty; delete it or set the variable"
+            ) from None
         return key
     key = secrets.token_urlsafe(50)
     with os.fdopen(fd, "w") as handle:
@@ -144,7 +150,7 @@ REST_FRAMEWORK = {
 }
 
 # --- Celery ---------------------------------------------------------------------------------------------
-CELERY_BROKER_URL = env_url(
+CELERY_BROKER_URL: str = env_url(
     "CELERY_BROKER_URL", "redis://127.0.0.1:6379/0", schemes=("redis", "rediss", "sentinel", "memory")
 )
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", "django-db")

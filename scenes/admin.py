@@ -6,13 +6,13 @@ from scenes.models import Project, Scene
 
 
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(admin.ModelAdmin[Project]):
     list_display = ["name", "owner", "created_at"]
     search_fields = ["name", "id"]
 
 
 @admin.register(Scene)
-class SceneAdmin(admin.ModelAdmin):
+class SceneAdmin(admin.ModelAdmin[Scene]):
     list_display = ["id", "title", "status", "stage", "progress", "error_code", "attempts", "owner", "created_at"]
     list_filter = ["status", "error_code", "stage"]
     search_fields = ["source_url", "title", "id"]

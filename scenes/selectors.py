@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 
 from scenes.models import Scene
 
 
 def scene_list(
-    *, owner: AbstractBaseUser | None = None, status: str | None = None, project_id: str | None = None
+    *, owner: User | None = None, status: str | None = None, project_id: str | None = None
 ) -> QuerySet[Scene]:
     """Newest first; ``owner=None`` means every owner (staff views)."""
     scenes = Scene.objects.select_related("project", "owner").order_by("-created_at")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import F
 from django.utils import timezone
 
@@ -38,12 +38,12 @@ def _transition(*, scene_id: str, from_statuses: Iterable[str], **changes: Any) 
         raise SceneStateConflict(scene_id=scene_id, expected=from_statuses)
 
 
-def project_create(*, owner: AbstractBaseUser, name: str) -> Project:
+def project_create(*, owner: User, name: str) -> Project:
     return Project.objects.create(owner=owner, name=name)
 
 
 def scene_create(
-    *, owner: AbstractBaseUser, source_url: str, project: Project | None = None, title: str = ""
+    *, owner: User, source_url: str, project: Project | None = None, title: str = ""
 ) -> Scene:
     return Scene.objects.create(owner=owner, source_url=source_url, project=project, title=title)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -71,10 +72,8 @@ class ServiceProcess:
     def stop(self, *, grace: float = 15.0) -> None:
         if self.alive():
             self._signal_group(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
         # Whatever the main process left behind in its group goes too.
         self._signal_group(signal.SIGKILL)
         if self.alive():
@@ -82,7 +81,5 @@ class ServiceProcess:
         self._log.close()
 
     def _signal_group(self, signum: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signum)
-        except ProcessLookupError:
-            pass

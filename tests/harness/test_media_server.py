@@ -63,13 +63,17 @@ def test_unknown_path_is_404(media_server: MediaServer):
     assert error.value.code == 404
 
 
+def _read_until_timeout(response, into: bytearray) -> None:
+    while chunk := response.read1(65536):
+        into += chunk
+
+
 def test_stalling_response_stops_after_some_bytes(media_server: MediaServer):
+    received = bytearray()
     with urllib.request.urlopen(media_server.url("stall.mp4"), timeout=2) as response:
         announced = int(response.headers["Content-Length"])
-        received = bytearray()
         with pytest.raises((TimeoutError, socket.timeout)):
-            while chunk := response.read1(65536):
-                received += chunk
+            _read_until_timeout(response, received)
 
     assert len(received) == STALL_BYTES < announced
 

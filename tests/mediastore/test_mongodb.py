@@ -18,19 +18,25 @@ from scenes.models import Scene
 
 def test_unreachable_server_becomes_operational_error():
     loader = mock.Mock(spec=MigrationLoader)
-    with mock.patch.object(MigrationLoader, "check_consistent_history",
-                           side_effect=ServerSelectionTimeoutError("127.0.0.1:1: connection refused")):
-        with unreachable_database_tolerated(), pytest.raises(OperationalError, match="not reachable") as error:
-            MigrationLoader.check_consistent_history(loader, mock.sentinel.connection)
+    refused = ServerSelectionTimeoutError("127.0.0.1:1: connection refused")
+    with (
+        mock.patch.object(MigrationLoader, "check_consistent_history", side_effect=refused),
+        unreachable_database_tolerated(),
+        pytest.raises(OperationalError, match="not reachable") as error,
+    ):
+        MigrationLoader.check_consistent_history(loader, mock.sentinel.connection)
 
     assert isinstance(error.value.__cause__, ServerSelectionTimeoutError)
 
 
 def test_other_mongodb_errors_are_not_hidden():
     loader = mock.Mock(spec=MigrationLoader)
-    with mock.patch.object(MigrationLoader, "check_consistent_history", side_effect=OperationFailure("auth failed")):
-        with unreachable_database_tolerated(), pytest.raises(OperationFailure):
-            MigrationLoader.check_consistent_history(loader, mock.sentinel.connection)
+    with (
+        mock.patch.object(MigrationLoader, "check_consistent_history", side_effect=OperationFailure("auth failed")),
+        unreachable_database_tolerated(),
+        pytest.raises(OperationFailure),
+    ):
+        MigrationLoader.check_consistent_history(loader, mock.sentinel.connection)
 
 
 def test_check_is_restored_afterwards():

@@ -15,8 +15,9 @@ from django.core.management.commands.makemigrations import Command as DjangoMake
 class Command(DjangoMakemigrationsCommand):
     def handle(self, *app_labels: Any, **options: Any) -> None:
         if not settings.DATABASE_IS_MONGODB:
-            return super().handle(*app_labels, **options)
+            super().handle(*app_labels, **options)
+            return
         from mediastore.mongodb import unreachable_database_tolerated
 
         with unreachable_database_tolerated():
-            return super().handle(*app_labels, **options)
+            super().handle(*app_labels, **options)

@@ -1,0 +1,77 @@
+# mediastore: `make run` starts everything on the embedded defaults, `make test` runs the whole suite.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+# command-to-check=debian-package
+RUN_DEPS := redis-server=redis-server ffmpeg=ffmpeg ffprobe=ffmpeg
+TEST_DEPS := $(RUN_DEPS) docker-compose=docker-compose
+
+.PHONY: help run test bench lint typecheck system-deps-run system-deps-test
+
+help:
+	@echo "make run    set up and start redis, web (http://127.0.0.1:8000) and the gevent worker"
+	@echo "make test   set up and run lint, type checks and the whole test suite"
+	@echo "make bench  run every benchmark in benchmarks/ and print one table"
+
+run: system-deps-run $(VENV)/.installed-prod
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py collectstatic --noinput -v0
+	$(BIN)/python manage.py ensure_superuser
+	$(BIN)/python -m mediastore.runstack
+
+test: system-deps-test $(VENV)/.installed-dev lint typecheck
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: system-deps-test $(VENV)/.installed-dev
+	$(BIN)/python -m benchmarks
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy mediastore scenes downloads
+
+system-deps-run:
+	@$(call install_missing,$(RUN_DEPS))
+
+system-deps-test:
+	@$(call install_missing,$(TEST_DEPS))
+
+# Missing system programs come from apt: directly as root, through sudo when it needs no password,
+# otherwise the exact command is printed and make stops.
+define install_missing
+	missing=""; \
+	for pair in $(1); do \
+	  command -v "$${pair%%=*}" >/dev/null 2>&1 || missing="$$missing $${pair#*=}"; \
+	done; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	missing=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \
+	if [ -n "$${missing// /}" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo"; \
+	  else echo "Missing system packages:$$missing"; \
+	       echo "Install them with: sudo apt-get update && sudo apt-get install -y $$missing"; exit 1; fi; \
+	  echo "Installing system packages:$$missing"; \
+	  $$sudo apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+endef
+
+$(VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mediastore needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+
+# A stamp per requirements set: pip runs again only when a requirements file changed.
+$(VENV)/.installed-prod: requirements/base.txt requirements/prod.txt | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/prod.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements/base.txt requirements/prod.txt requirements/dev.txt | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/dev.txt
+	touch $@ $(VENV)/.installed-prod

@@ -1,0 +1,80 @@
+"""``make run``: redis (when the broker is ours to start), the web server and the gevent worker, in the
+foreground. One Ctrl-C stops all three; if one of them exits, the others are stopped too (honcho).
+
+Settings come from the environment as for any other process; ``WEB_HOST``/``WEB_PORT`` choose where the
+web server listens (default 127.0.0.1:8000).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import sys
+from urllib.parse import urlsplit
+
+import django
+from honcho.manager import Manager
+from honcho.printer import Printer
+
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _redis_command(broker_url: str, data_dir: str) -> list[str] | None:
+    """The redis-server to start, or None when the broker is elsewhere or already running."""
+    parts = urlsplit(broker_url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+    if parts.scheme != "redis" or host not in _LOCAL_HOSTS:
+        print(f"runstack: broker {host}:{port} is not local; not starting redis-server", flush=True)
+        return None
+    if _answers(host, port):
+        print(f"runstack: something already listens on {host}:{port}; using it as the broker", flush=True)
+        return None
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("runstack: redis-server is not installed; run `make run` (it installs it) or set CELERY_BROKER_URL")
+    redis_dir = os.path.join(data_dir, "redis")
+    os.makedirs(redis_dir, exist_ok=True)
+    # AOF and noeviction: queued tasks survive a restart and are never dropped to make room.
+    return [binary, "--bind", host, "--port", str(port), "--dir", redis_dir, "--appendonly", "yes",
+            "--maxmemory-policy", "noeviction", "--save", ""]
+
+
+def main() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mediastore.settings")
+    django.setup()
+    from django.conf import settings
+
+    web_host = os.environ.get("WEB_HOST", "127.0.0.1")
+    web_port = os.environ.get("WEB_PORT", "8000")
+    bin_dir = os.path.dirname(sys.executable)
+    commands: dict[str, list[str]] = {}
+    redis = _redis_command(settings.CELERY_BROKER_URL, str(settings.DATA_DIR))
+    if redis is not None:
+        commands["redis"] = redis
+    commands["web"] = [os.path.join(bin_dir, "gunicorn"), "mediastore.wsgi:application",
+                       "--bind", f"{web_host}:{web_port}", "--workers", "2", "--access-logfile", "-"]
+    commands["worker"] = [os.path.join(bin_dir, "celery"), "-A", "mediastore", "worker", "-P", "gevent",
+                          "-c", str(settings.CELERY_WORKER_CONCURRENCY), "--loglevel", "INFO"]
+    print(f"runstack: web on http://{web_host}:{web_port}/ (admin at /admin/); Ctrl-C stops everything",
+          flush=True)
+
+    manager = Manager(Printer(sys.stdout))
+    for name, argv in commands.items():
+        # honcho runs a shell command line; every argument is quoted, nothing untrusted goes in.
+        manager.add_process(name, shlex.join(argv), env=dict(os.environ))
+    manager.loop()
+    sys.exit(manager.returncode)
+
+
+if __name__ == "__main__":
+    main()
