@@ -1,5 +1,8 @@
 """``make run``: redis (when the broker is ours to start), the web server and the gevent worker, in the
-foreground. One Ctrl-C stops all three; if one of them exits, the others are stopped too (honcho).
+foreground. One Ctrl-C stops all three; if web or worker exits, the other is stopped too (honcho).
+
+Redis runs outside honcho, in its own session: honcho signals every process at once, and a broker that
+went first left the worker's warm shutdown failing with ConnectionError. It is stopped after the others.
 
 Settings come from the environment as for any other process; ``WEB_HOST``/``WEB_PORT`` choose where the
 web server listens (default 127.0.0.1:8000).
@@ -11,7 +14,11 @@ import os
 import shlex
 import shutil
 import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import django
@@ -46,7 +53,34 @@ def _redis_command(broker_url: str, data_dir: str) -> list[str] | None:
     os.makedirs(redis_dir, exist_ok=True)
     # AOF and noeviction: queued tasks survive a restart and are never dropped to make room.
     return [binary, "--bind", host, "--port", str(port), "--dir", redis_dir, "--appendonly", "yes",
-            "--maxmemory-policy", "noeviction", "--save", ""]
+            "--maxmemory-policy", "noeviction", "--save", "", "--logfile", os.path.join(redis_dir, "redis.log")]
+
+
+@contextmanager
+def _redis(argv: list[str] | None, broker_url: str) -> Iterator[None]:
+    if argv is None:
+        yield
+        return
+    parts = urlsplit(broker_url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+    # A session of its own: the terminal's Ctrl-C reaches web and worker, not the broker they still need.
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not _answers(host, port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"runstack: redis-server did not start; see {argv[argv.index('--logfile') + 1]}")
+            time.sleep(0.1)
+        print(f"runstack: redis-server on {host}:{port} (pid {process.pid})", flush=True)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        print("runstack: redis-server stopped", flush=True)
 
 
 def main() -> None:
@@ -58,9 +92,6 @@ def main() -> None:
     web_port = os.environ.get("WEB_PORT", "8000")
     bin_dir = os.path.dirname(sys.executable)
     commands: dict[str, list[str]] = {}
-    redis = _redis_command(settings.CELERY_BROKER_URL, str(settings.DATA_DIR))
-    if redis is not None:
-        commands["redis"] = redis
     commands["web"] = [os.path.join(bin_dir, "gunicorn"), "mediastore.wsgi:application",
                        "--bind", f"{web_host}:{web_port}", "--workers", "2", "--access-logfile", "-"]
     commands["worker"] = [os.path.join(bin_dir, "celery"), "-A", "mediastore", "worker", "-P", "gevent",
@@ -72,7 +103,8 @@ def main() -> None:
     for name, argv in commands.items():
         # honcho runs a shell command line; every argument is quoted, nothing untrusted goes in.
         manager.add_process(name, shlex.join(argv), env=dict(os.environ))
-    manager.loop()
+    with _redis(_redis_command(settings.CELERY_BROKER_URL, str(settings.DATA_DIR)), settings.CELERY_BROKER_URL):
+        manager.loop()
     sys.exit(manager.returncode)
 
 
