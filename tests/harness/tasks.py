@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 import time
 from pathlib import Path
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from downloads.asynctask import AsyncTask
+from downloads.exceptions import UnsupportedUrlError
+from mediastore.celery import app as celery_app
 
 
 @shared_task
@@ -32,3 +39,97 @@ def journal_sleep(journal: str, seconds: float = 0.0, until: float | None = None
     with path.open("a") as handle:
         handle.write(f"done {pid}\n")
     return pid
+
+
+# --- async tasks for the bridge ---------------------------------------------------------------------------
+
+
+
+@celery_app.task(base=AsyncTask)
+async def async_sleep(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@celery_app.task(base=AsyncTask)
+async def async_subprocess(lines: list[str], exit_code: int) -> dict[str, object]:
+    """A child that prints ``lines`` and exits with ``exit_code``; what came back, line by line."""
+    script = "import sys\nfor line in sys.argv[2:]: print(line, flush=True)\nsys.exit(int(sys.argv[1]))"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, str(exit_code), *lines,
+        stdout=asyncio.subprocess.PIPE, start_new_session=True,
+    )
+    assert process.stdout is not None
+    received = [line.decode().rstrip("\n") async for line in process.stdout]
+    return {"lines": received, "exit_code": await process.wait(), "pid": process.pid}
+
+
+@celery_app.task(base=AsyncTask)
+async def async_set_title(scene_id: str, title: str) -> int:
+    from scenes.models import Scene
+
+    return await Scene.objects.filter(pk=scene_id).aupdate(title=title)
+
+
+@celery_app.task
+def sync_set_title(scene_id: str, title: str) -> int:
+    from scenes.models import Scene
+
+    return Scene.objects.filter(pk=scene_id).update(title=title)
+
+
+@celery_app.task(base=AsyncTask)
+async def async_raise(kind: str) -> None:
+    await asyncio.sleep(0)
+    if kind == "ours":
+        raise UnsupportedUrlError("nothing to download at http://example.invalid/")
+
+    async def fail() -> None:
+        await asyncio.sleep(0.01)
+        raise UnsupportedUrlError("the first real error")
+
+    async def wait_forever() -> None:
+        await asyncio.sleep(60)
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(wait_forever())
+        group.create_task(fail())
+
+
+@celery_app.task(base=AsyncTask, soft_time_limit=1, time_limit=5)
+async def async_soft_limited(journal: str) -> str:
+    try:
+        await asyncio.sleep(10)
+    except SoftTimeLimitExceeded:
+        _append(journal, "saw soft limit")
+        raise
+    finally:
+        _append(journal, "finally ran")
+    return "not reached"
+
+
+@celery_app.task(base=AsyncTask, soft_time_limit=1, time_limit=2)
+async def async_hard_limited(pid_file: str) -> None:
+    """Starts a process tree (a shell with a background child), records the shell's pid, then hangs,
+    shrugging off the soft limit as a stuck task would."""
+    process = await asyncio.create_subprocess_exec("sh", "-c", "sleep 100 & sleep 100", start_new_session=True)
+    _append(pid_file, str(process.pid))
+    while True:
+        try:
+            await process.wait()
+            return
+        except SoftTimeLimitExceeded:
+            continue
+
+
+@celery_app.task(base=AsyncTask)
+async def async_s3_client_identity() -> list[int]:
+    from downloads.storage import s3_client
+
+    client = await s3_client()
+    return [os.getpid(), id(client)]
+
+
+def _append(path: str, line: str) -> None:
+    with open(path, "a") as handle:
+        handle.write(line + "\n")

@@ -1,0 +1,43 @@
+"""``AsyncTask``: a Celery task base whose body is ``async def``.
+
+    @celery_app.task(base=AsyncTask)
+    async def download_media_task(mongo_db_id: str) -> None: ...
+
+In the gevent worker, and for any synchronous caller (eager mode, a management command), calling the task
+runs its coroutine to completion through the bridge and returns the result. Called from async code (a
+test with pytest-asyncio), it returns the coroutine, to be awaited like any other.
+
+The body runs on the bridge's loop thread, where Celery's request context (``self.request``) is not
+available; what a body needs from it is passed in by the task's signature instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any
+
+from celery import Task
+
+from downloads import bridge
+
+
+class AsyncTask(Task):  # type: ignore[type-arg]
+    abstract = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        soft_limit = self._soft_time_limit()  # read before Task.__call__ pushes a request of its own
+        body = super().__call__(*args, **kwargs)
+        if not inspect.iscoroutine(body):
+            return body
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return bridge.run(body, soft_limit=soft_limit)
+        return body  # an async caller awaits it
+
+    def _soft_time_limit(self) -> float | None:
+        # Per-call limits travel in the request as (hard, soft); then the task's own; then the app's.
+        timelimit = getattr(self.request, "timelimit", None) or (None, None)
+        soft = timelimit[1] or self.soft_time_limit or self.app.conf.task_soft_time_limit
+        return float(soft) if soft else None

@@ -1,0 +1,511 @@
+"""The one place where gevent and asyncio meet. Nothing else imports gevent or asyncio internals.
+
+The Celery worker runs ``-P gevent``: every task is a greenlet in the main thread, and gevent has
+monkey-patched the standard library. Our pipeline is ``async def`` (asyncio subprocesses, aiobotocore,
+PyMongo's async client). Celery 5.7 does not run coroutines, and asyncio cannot run inside the patched
+main thread (``asyncio.run`` per task failed 99 of 100 times with "cannot be called from a running event
+loop"; loops driven by the gevent hub hung). So, per worker process:
+
+- **One asyncio loop in a native thread**, started with the unpatched ``start_new_thread`` and an
+  unpatched epoll selector. Task greenlets hand it coroutines and wait *cooperatively*: the loop wakes the
+  waiting greenlet through ``run_callback_threadsafe`` on the main hub, so 100 waiting tasks cost nothing.
+- **Django's async ORM runs back in the task's greenlet.** ``sync_to_async`` looks for an executor in
+  asgiref's ``AsyncToSync.executors.current`` first; each run sets its own (``_TaskGreenletExecutor``),
+  which the waiting greenlet serves. The ORM call then runs where sync code belongs, on the task's own
+  database connection, and ``DJANGO_ALLOW_ASYNC_UNSAFE`` is never needed.
+- **Subprocesses through an unpatched Popen.** gevent's ``os.close`` defers the close to the calling
+  thread's hub when it has one, and a hub in the loop thread never runs: Popen then waited forever on its
+  error pipe. asyncio therefore gets a private copy of ``subprocess`` whose ``os.close`` is the native one,
+  and waits for children with pidfds.
+- **Exit codes stay ours.** gevent's SIGCHLD handler reaps *every* child (``waitpid(-1)``), and asyncio
+  then reports 255. gevent arms it whenever its own Popen runs, and Celery's start-up banner does just
+  that (``platform.processor()`` runs ``uname -p``). The bridge switches it off when the worker is ready,
+  and again before each spawn if something armed it since, logging when it had to.
+- **Name resolution and ``run_in_executor(None, …)`` on native threads**: gevent's resolver and its
+  thread-backed pools would park work on a hub that never runs in the loop thread.
+- **Time limits.** The gevent pool implements no soft limit, so each run arms one on the loop: the
+  coroutine receives ``SoftTimeLimitExceeded`` at its current ``await`` (catchable; ``finally`` runs).
+  The hard limit is Celery's ``gevent.Timeout`` in the waiting greenlet: the bridge then cancels the
+  coroutine and SIGKILLs the process group of every subprocess it started.
+- **Shared clients** (one S3 client, one MongoDB client) live on the loop for the worker's life and are
+  closed by ``stop()`` at worker shutdown; ``shared()`` creates them on first use.
+
+Outside a gevent worker (tests, management commands, eager calls) nothing of this is needed: ``run()``
+falls back to ``asyncio.run``, and ``async def`` task bodies can simply be awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextvars
+import importlib.util
+import logging
+import os
+import signal
+import sys
+import types
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any, TypeVar, cast
+
+from asgiref.sync import AsyncToSync
+from celery.exceptions import SoftTimeLimitExceeded
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# How long a run may take to wind down after its hard limit, before the greenlet gives up waiting.
+HARD_LIMIT_GRACE = 2.0
+_SOFT_LIMIT_MARK = "mediastore: soft time limit"
+_NATIVE_POOL_SIZE = 8
+
+# The pids of the subprocesses started by the current run (a contextvar, so each run sees its own).
+_run_children: contextvars.ContextVar[set[int]] = contextvars.ContextVar("mediastore_run_children")
+
+
+def gevent_is_active() -> bool:
+    """True inside a ``-P gevent`` worker (the standard library is monkey-patched)."""
+    if "gevent" not in sys.modules:
+        return False
+    from gevent import monkey
+
+    return bool(monkey.is_module_patched("socket"))
+
+
+def _original(module: str, name: str) -> Any:
+    from gevent import monkey
+
+    return monkey.get_original(module, name)
+
+
+# --- Native pieces for the loop thread --------------------------------------------------------------------
+
+
+class _NativeThreadPool(concurrent.futures.Executor):
+    """A small pool of real OS threads (gevent's patched threads would be greenlets of a hub that never
+    runs in the loop thread). Used for ``run_in_executor(None, …)`` and name resolution."""
+
+    def __init__(self, size: int) -> None:
+        import _queue
+
+        self._size = size
+        self._queue: Any = _queue.SimpleQueue()  # the C queue blocks on native locks
+        self._started = 0
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
+        if self._shutdown:
+            raise RuntimeError("the native thread pool is shut down")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put((future, fn, args, kwargs))
+        if self._started < self._size:
+            self._started += 1
+            _original("_thread", "start_new_thread")(self._work, ())
+        return future
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, fn, args, kwargs = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._shutdown = True
+        for _ in range(self._started):
+            self._queue.put(None)
+
+
+class _NativeOs(types.ModuleType):
+    """``os`` with the native ``close``: the rest is the (possibly patched) real module."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+
+def _native_subprocess_module() -> types.ModuleType:
+    """A private copy of ``subprocess`` for asyncio: native ``os.close``, and children recorded per run."""
+    spec = importlib.util.find_spec("subprocess")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    native_os = _NativeOs("os")
+    native_os.close = _original("os", "close")  # type: ignore[attr-defined]
+    module.os = native_os  # type: ignore[attr-defined]
+    base_popen = module.Popen
+
+    class TrackedPopen(base_popen):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            keep_children_ours()
+            super().__init__(*args, **kwargs)
+            children = _run_children.get(None)
+            if children is not None:
+                children.add(self.pid)
+
+    module.Popen = TrackedPopen  # type: ignore[attr-defined]
+    return module
+
+
+_SIGCHLD_BIT = 1 << (signal.SIGCHLD - 1)
+_main_hub_loop: Any = None
+_main_thread_ident: int | None = None
+
+
+def _sigchld_caught() -> bool:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & _SIGCHLD_BIT)
+    return False
+
+
+def _reset_sigchld() -> None:
+    # gevent's documented way back to the default disposition: its signal.signal sets SIG_DFL and resets
+    # the loop's child-watching state. Python allows it only in the main thread.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    logger.info("bridge: switched off gevent's SIGCHLD reaper (armed by a gevent subprocess) so that asyncio "
+                "gets its children's exit codes")
+
+
+def keep_children_ours() -> None:
+    """Switch gevent's reap-everything SIGCHLD handler off if something armed it (see the module docstring).
+
+    From the main thread it acts at once; from the loop thread it asks the main hub and waits for it, so
+    the child about to be spawned cannot be reaped by gevent.
+    """
+    if _main_hub_loop is None or not _sigchld_caught():
+        return
+    if _original("_thread", "get_ident")() == _main_thread_ident:
+        _reset_sigchld()
+        return
+    done = _original("_thread", "allocate_lock")()
+    done.acquire()
+
+    def reset_and_release() -> None:
+        try:
+            _reset_sigchld()
+        finally:
+            done.release()
+
+    _main_hub_loop.run_callback_threadsafe(reset_and_release)
+    if not done.acquire(timeout=5):
+        logger.warning("bridge: the main thread did not switch gevent's SIGCHLD reaper off within 5 s")
+
+
+class _BridgeLoop(asyncio.SelectorEventLoop):
+    def __init__(self) -> None:
+        super().__init__(selector=_original("selectors", "EpollSelector")())
+        self._native_pool = _NativeThreadPool(_NATIVE_POOL_SIZE)
+        self._getaddrinfo = _original("socket", "getaddrinfo")
+        self._getnameinfo = _original("socket", "getnameinfo")
+
+    def run_in_executor(  # type: ignore[override]  # same contract; typeshed's TypeVarTuple form
+        self, executor: Any, func: Callable[..., T], *args: Any
+    ) -> asyncio.Future[T]:
+        return super().run_in_executor(executor or self._native_pool, func, *args)
+
+    async def getaddrinfo(self, host: Any, port: Any, *, family: int = 0, type: int = 0,  # noqa: A002
+                          proto: int = 0, flags: int = 0) -> Any:
+        return await self.run_in_executor(None, self._getaddrinfo, host, port, family, type, proto, flags)
+
+    async def getnameinfo(self, sockaddr: Any, flags: int = 0) -> Any:
+        return await self.run_in_executor(None, self._getnameinfo, sockaddr, flags)
+
+    def close(self) -> None:
+        super().close()
+        self._native_pool.shutdown()
+
+
+# --- The per-run executor served by the waiting greenlet -----------------------------------------------------
+
+
+class _TaskGreenletExecutor(concurrent.futures.Executor):
+    """Runs submitted sync calls in the greenlet that waits for the run: Django's async ORM, via asgiref."""
+
+    def __init__(self) -> None:
+        import gevent
+        import gevent.event
+
+        self._hub_loop = gevent.get_hub().loop
+        self._work: collections.deque[tuple[concurrent.futures.Future[Any], Callable[[], Any]]] = (
+            collections.deque()
+        )
+        self._wakeup = gevent.event.Event()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._work.append((future, lambda: fn(*args, **kwargs)))
+        self.wake()
+        return future
+
+    def wake(self) -> None:
+        """Thread-safe: wakes the waiting greenlet from the loop thread."""
+        self._hub_loop.run_callback_threadsafe(self._wakeup.set)
+
+    def serve_until(self, done: concurrent.futures.Future[Any], timeout: float | None = None) -> bool:
+        """Run submitted calls until ``done`` completes (True) or ``timeout`` passes (False)."""
+        import gevent
+
+        deadline = None if timeout is None else self._hub_loop.now() + timeout
+        while True:
+            while self._work:
+                future, call = self._work.popleft()
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(call())
+                    except BaseException as exc:
+                        future.set_exception(exc)
+            if done.done():
+                return True
+            remaining = None if deadline is None else deadline - self._hub_loop.now()
+            if remaining is not None and remaining <= 0:
+                return False
+            self._wakeup.clear()
+            if not self._work and not done.done():
+                with gevent.Timeout(remaining, False):
+                    self._wakeup.wait()
+
+
+# --- Soft limit delivery and error unwrapping ------------------------------------------------------------------
+
+
+class _SoftLimitAware:
+    """Awaits ``coro``; a cancellation carrying the soft-limit mark is thrown into it as
+    ``SoftTimeLimitExceeded`` at its current ``await``, so the coroutine can clean up and even carry on."""
+
+    def __init__(self, coro: Coroutine[Any, Any, T], soft_limit: float) -> None:
+        self._coro = coro
+        self._soft_limit = soft_limit
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro = self._coro
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                yielded = coro.throw(error) if error is not None else coro.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value, error = None, None
+            try:
+                value = yield yielded
+            except asyncio.CancelledError as cancelled:
+                if cancelled.args == (_SOFT_LIMIT_MARK,):
+                    task = asyncio.current_task()
+                    if task is not None:
+                        task.uncancel()
+                    error = SoftTimeLimitExceeded(f"soft time limit ({self._soft_limit:g}s) exceeded")
+                else:
+                    error = cancelled
+            except BaseException as exc:
+                error = exc
+
+
+def first_real_error(error: BaseException) -> BaseException:
+    """An ``ExceptionGroup`` (from a TaskGroup) → its first leaf that is not a cancellation."""
+    if isinstance(error, BaseExceptionGroup):
+        leaves = [first_real_error(inner) for inner in error.exceptions]
+        real = [leaf for leaf in leaves if not isinstance(leaf, asyncio.CancelledError)]
+        return (real or leaves)[0]
+    return error
+
+
+async def _supervised(coro: Coroutine[Any, Any, T], *, soft_limit: float | None,
+                      executor: concurrent.futures.Executor | None, children: set[int]) -> T:
+    _run_children.set(children)
+    if executor is not None:
+        AsyncToSync.executors.current = executor  # contextvar-scoped to this run's task
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    timer = loop.call_later(soft_limit, task.cancel, _SOFT_LIMIT_MARK) if soft_limit else None
+    try:
+        return cast(T, await _SoftLimitAware(coro, soft_limit or 0))
+    except BaseExceptionGroup as group:
+        raise first_real_error(group) from group
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def kill_process_groups(pids: set[int]) -> None:
+    """SIGKILL every subprocess a run started, with its whole process group when it leads one."""
+    for pid in list(pids):
+        try:
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue  # exited already (and possibly reaped)
+
+
+# --- The bridge -------------------------------------------------------------------------------------------------
+
+
+class Bridge:
+    """The worker process's asyncio loop, its thread, and the clients shared on it."""
+
+    def __init__(self) -> None:
+        self._loop: _BridgeLoop | None = None
+        self._stopped: concurrent.futures.Future[None] | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop
+
+    def start(self) -> asyncio.AbstractEventLoop:
+        if self._loop is not None:
+            return self._loop
+        import gevent
+
+        global _main_hub_loop, _main_thread_ident
+        _main_hub_loop = gevent.get_hub().loop
+        _main_thread_ident = _original("_thread", "get_ident")()
+        import asyncio.unix_events as unix_events
+
+        unix_events.subprocess = _native_subprocess_module()  # type: ignore[attr-defined]
+        loop = _BridgeLoop()
+        if sys.version_info < (3, 12):
+            # 3.11's default child watcher waits in a (patched, so greenlet) thread per child; pidfds need
+            # none. The policy attaches a watcher to a loop only from the main thread, so attach it here.
+            watcher = asyncio.PidfdChildWatcher()
+            watcher.attach_loop(loop)
+            asyncio.set_child_watcher(watcher)
+        self._stopped = concurrent.futures.Future()
+        _original("_thread", "start_new_thread")(self._thread_main, (loop, self._stopped))
+        self._loop = loop
+        logger.info("bridge: asyncio loop started in a native thread")
+        return loop
+
+    @staticmethod
+    def _thread_main(loop: _BridgeLoop, stopped: concurrent.futures.Future[None]) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+            loop.run_until_complete(_close_shared(loop))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+            stopped.set_result(None)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Close the shared clients and stop the loop (worker shutdown)."""
+        loop, stopped = self._loop, self._stopped
+        if loop is None or stopped is None:
+            return
+        self._loop = None
+        loop.call_soon_threadsafe(loop.stop)
+        _wait_native(stopped, timeout)
+        logger.info("bridge: asyncio loop stopped, shared clients closed")
+
+    def run(self, coro: Coroutine[Any, Any, T], *, soft_limit: float | None = None) -> T:
+        """Run ``coro`` to completion from synchronous code and return its result (or raise its error)."""
+        if not gevent_is_active():
+            return asyncio.run(_supervised(coro, soft_limit=soft_limit, executor=None, children=set()))
+        loop = self.start()
+        executor = _TaskGreenletExecutor()
+        children: set[int] = set()
+        # Set when the task has really finished, cleanup included (a cancelled run_coroutine_threadsafe
+        # future would be "done" at once, before the coroutine's finally blocks ran).
+        finished: concurrent.futures.Future[T] = concurrent.futures.Future()
+        finished.add_done_callback(lambda _: executor.wake())
+        tasks: list[asyncio.Task[T]] = []
+
+        def start_task() -> None:
+            task = loop.create_task(_supervised(coro, soft_limit=soft_limit, executor=executor, children=children))
+            task.add_done_callback(lambda done: _settle(finished, done))
+            tasks.append(task)
+
+        loop.call_soon_threadsafe(start_task)
+        try:
+            executor.serve_until(finished)
+        except BaseException:
+            # Hard time limit (gevent.Timeout), worker shutdown or a killed greenlet: stop everything the
+            # run started, give its cleanup a moment (it may still need the ORM), then let the error through.
+            loop.call_soon_threadsafe(lambda: [task.cancel() for task in tasks])  # after start_task: FIFO
+            kill_process_groups(children)
+            if not executor.serve_until(finished, timeout=HARD_LIMIT_GRACE):
+                logger.warning("bridge: a cancelled run did not finish within %.0fs", HARD_LIMIT_GRACE)
+            raise
+        return finished.result()
+
+
+def _settle(target: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
+    if task.cancelled():
+        target.set_exception(asyncio.CancelledError())
+    elif (error := task.exception()) is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(task.result())
+
+
+def _wait_native(future: concurrent.futures.Future[None], timeout: float) -> None:
+    if gevent_is_active():
+        import gevent
+
+        with gevent.Timeout(timeout, False):
+            while not future.done():
+                gevent.sleep(0.05)
+    else:
+        future.result(timeout=timeout)
+
+
+# --- Clients shared for the life of a loop ---------------------------------------------------------------------
+
+
+class _SharedState:
+    def __init__(self) -> None:
+        self.stack = AsyncExitStack()
+        self.items: dict[str, Any] = {}
+        self.lock = asyncio.Lock()
+
+
+_shared_states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SharedState] = weakref.WeakKeyDictionary()
+
+
+async def shared(key: str, factory: Callable[[], AbstractAsyncContextManager[T]]) -> T:
+    """The one ``key`` object of the running loop, entered on first use and exited when the loop's shared
+    clients are closed (worker shutdown, or ``close_shared()``)."""
+    loop = asyncio.get_running_loop()
+    state = _shared_states.setdefault(loop, _SharedState())
+    if key in state.items:
+        return cast(T, state.items[key])
+    async with state.lock:
+        if key not in state.items:
+            state.items[key] = await state.stack.enter_async_context(factory())
+    return cast(T, state.items[key])
+
+
+async def _close_shared(loop: asyncio.AbstractEventLoop) -> None:
+    state = _shared_states.pop(loop, None)
+    if state is not None:
+        await state.stack.aclose()
+
+
+async def close_shared() -> None:
+    """Close the running loop's shared clients (tests and one-off scripts; the worker does it at stop)."""
+    await _close_shared(asyncio.get_running_loop())
+
+
+@asynccontextmanager
+async def shared_clients_closed() -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await close_shared()
+
+
+bridge = Bridge()
+
+
+def run(coro: Coroutine[Any, Any, T] | Awaitable[T], *, soft_limit: float | None = None) -> T:
+    return bridge.run(cast(Coroutine[Any, Any, T], coro), soft_limit=soft_limit)

@@ -1,0 +1,100 @@
+"""mediastore's error tree. Every error a user or an operator can see is one of these.
+
+Each class has a stable ``code`` (snake_case; part of the API and stored on failed scenes), a default
+human message, and ``retryable`` (whether trying again later may succeed). Library errors are translated
+into these at the boundary (``raise StorageError(...) from exc``), so no raw traceback or stderr dump
+reaches a user.
+
+The constructor takes the message as its only positional argument: Celery rebuilds a task's exception on
+the client side as ``cls(*args)``, and this keeps that working.
+
+=====================  =========  ==============================================================
+code                   retryable  meaning
+=====================  =========  ==============================================================
+internal_error         no         a bug or an unexpected failure on our side
+unsupported_url        no         nothing at the URL that yt-dlp can download
+not_found              no         the source answered 404 / gone
+unavailable            no         private, removed, login or geo blocked
+too_large              no         over ``MEDIA_MAX_FILESIZE``
+too_long               no         over ``MEDIA_MAX_DURATION``
+live_stream            no         live streams are refused
+invalid_media          no         downloaded, but no audio or video stream in it
+network_error          yes        the connection to the source failed
+timeout                yes        the source stopped sending, or the download took too long
+storage_error          per case   the object store failed (5xx and timeouts retry, 4xx do not)
+=====================  =========  ==============================================================
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class MediastoreError(Exception):
+    code: ClassVar[str] = "internal_error"
+    default_message: ClassVar[str] = "Something went wrong on our side."
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or self.default_message
+        super().__init__(self.message)
+
+
+class InternalError(MediastoreError):
+    pass
+
+
+class UnsupportedUrlError(MediastoreError):
+    code = "unsupported_url"
+    default_message = "No downloadable media was found at this URL."
+
+
+class NotFoundError(MediastoreError):
+    code = "not_found"
+    default_message = "The source answered that this media does not exist (HTTP 404)."
+
+
+class UnavailableError(MediastoreError):
+    code = "unavailable"
+    default_message = "The media is private, removed, or blocked for this server."
+
+
+class TooLargeError(MediastoreError):
+    code = "too_large"
+    default_message = "The media is larger than this server accepts."
+
+
+class TooLongError(MediastoreError):
+    code = "too_long"
+    default_message = "The media is longer than this server accepts."
+
+
+class LiveStreamError(MediastoreError):
+    code = "live_stream"
+    default_message = "Live streams cannot be stored; try again when the stream has ended."
+
+
+class InvalidMediaError(MediastoreError):
+    code = "invalid_media"
+    default_message = "The download finished but holds no audio or video stream."
+
+
+class NetworkError(MediastoreError):
+    code = "network_error"
+    default_message = "The connection to the source failed."
+    retryable = True
+
+
+class DownloadTimeoutError(MediastoreError):
+    code = "timeout"
+    default_message = "The source stopped sending data, or the download took too long."
+    retryable = True
+
+
+class StorageError(MediastoreError):
+    code = "storage_error"
+    default_message = "The object store refused or failed to store the media."
+
+    def __init__(self, message: str | None = None, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable  # type: ignore[misc]  # per instance: 5xx yes, 4xx no
