@@ -27,4 +27,5 @@ async def mongo_database() -> Any:
     if not settings.DATABASE_IS_MONGODB:
         raise RuntimeError("mongo_database() needs DATABASE_URL to point at MongoDB")
     client = await bridge.shared("mongodb", _new_mongo_client)
-    return client[settings.DATABASES["default"]["NAME"]]
+    # The connection's name, not settings.DATABASES: under tests it is the test database.
+    return client[connections["default"].settings_dict["NAME"]]

@@ -133,3 +133,13 @@ async def async_s3_client_identity() -> list[int]:
 def _append(path: str, line: str) -> None:
     with open(path, "a") as handle:
         handle.write(line + "\n")
+
+
+@shared_task
+def noop_sync() -> None:
+    return None
+
+
+@celery_app.task(base=AsyncTask)
+async def noop_async() -> None:
+    return None

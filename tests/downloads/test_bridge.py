@@ -1,0 +1,172 @@
+"""The bridge and AsyncTask outside a worker: the same task code under plain asyncio and plain sync calls."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from celery.exceptions import SoftTimeLimitExceeded
+
+from downloads import bridge
+from downloads.exceptions import NotFoundError, UnsupportedUrlError
+from tests.harness.tasks import async_raise, async_sleep
+
+
+async def test_async_task_is_awaited_in_plain_asyncio():
+    assert await async_sleep(0.01) == 0.01
+
+
+def test_async_task_runs_to_completion_for_a_sync_caller():
+    assert async_sleep(0.01) == 0.01
+
+
+def test_errors_of_an_async_task_reach_a_sync_caller():
+    with pytest.raises(UnsupportedUrlError, match="nothing to download"):
+        async_raise("ours")
+
+
+def test_soft_limit_is_thrown_into_the_coroutine_and_cleanup_runs():
+    seen: list[str] = []
+
+    async def body() -> str:
+        try:
+            await asyncio.sleep(5)
+        except SoftTimeLimitExceeded:
+            seen.append("soft limit")
+            await asyncio.sleep(0.01)  # cleanup may still await
+            return "cleaned up"
+        finally:
+            seen.append("finally")
+        return "not reached"
+
+    started = time.monotonic()
+    result = bridge.run(body(), soft_limit=0.2)
+
+    assert result == "cleaned up"
+    assert seen == ["soft limit", "finally"]
+    assert time.monotonic() - started < 2
+
+
+def test_plain_cancellation_is_not_mistaken_for_the_soft_limit():
+    async def body() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().call_later(0.05, task.cancel)
+        await asyncio.sleep(5)
+
+    with pytest.raises(asyncio.CancelledError):
+        bridge.run(body(), soft_limit=10)
+
+
+def test_first_real_error_skips_cancellations_in_a_group():
+    group = BaseExceptionGroup("tasks", [asyncio.CancelledError(), ExceptionGroup("inner", [NotFoundError("gone")])])
+
+    assert str(bridge.first_real_error(group)) == "gone"
+
+
+def test_first_real_error_of_a_plain_error_is_itself():
+    error = NotFoundError("gone")
+
+    assert bridge.first_real_error(error) is error
+
+
+async def test_shared_object_is_made_once_and_closed_with_the_loop():
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def factory():
+        events.append("opened")
+        yield object()
+        events.append("closed")
+
+    first = await bridge.shared("thing", factory)
+    second = await bridge.shared("thing", factory)
+    await bridge.close_shared()
+
+    assert first is second
+    assert events == ["opened", "closed"]
+
+
+async def test_shared_object_made_once_under_concurrent_first_use():
+    opened = 0
+
+    @asynccontextmanager
+    async def factory():
+        nonlocal opened
+        opened += 1
+        await asyncio.sleep(0.01)
+        yield object()
+
+    async with bridge.shared_clients_closed():
+        results = await asyncio.gather(*(bridge.shared("raced", factory) for _ in range(10)))
+
+    assert opened == 1
+    assert len({id(result) for result in results}) == 1
+
+
+def test_kill_process_groups_kills_the_whole_tree(tmp_path: Path):
+    shell = subprocess.Popen(["sh", "-c", "sleep 100 & echo $! > child; wait"], cwd=tmp_path, start_new_session=True)
+    child_file = tmp_path / "child"
+    deadline = time.monotonic() + 5
+    while not (child_file.exists() and child_file.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child = int(child_file.read_text())
+
+    bridge.kill_process_groups({shell.pid})
+
+    assert shell.wait(timeout=5) == -signal.SIGKILL
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z":
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail("the background child survived")
+
+
+def test_kill_process_groups_ignores_processes_already_gone():
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+
+    bridge.kill_process_groups({finished.pid})  # no error
+
+
+async def test_mongo_database_is_refused_on_sqlite():
+    with pytest.raises(RuntimeError, match="MongoDB"):
+        from downloads.updates import mongo_database
+
+        await mongo_database()
+
+
+async def test_mongo_client_is_shared_and_uses_the_backend_connection_parameters(settings):
+    from downloads import updates
+
+    settings.DATABASE_IS_MONGODB = True
+    client = mock.MagicMock()
+    client.__aenter__.return_value = client
+    params = {"host": "mongodb://db.example/media", "serverSelectionTimeoutMS": 5000}
+    with (
+        mock.patch("pymongo.AsyncMongoClient", return_value=client) as client_class,
+        mock.patch.object(updates.connections["default"], "get_connection_params", return_value=params),
+        mock.patch.dict(updates.connections["default"].settings_dict, {"NAME": "media"}),
+    ):
+        async with bridge.shared_clients_closed():
+            first = await updates.mongo_database()
+            second = await updates.mongo_database()
+
+    client_class.assert_called_once_with(**params)
+    assert first is second is client.__getitem__.return_value
+    client.__getitem__.assert_called_with("media")
+    client.__aexit__.assert_awaited_once()
