@@ -41,5 +41,5 @@ def run(*, database_url: str) -> list[Result]:
         anchor="no-op sync tasks/s, same worker",
         anchor_value=max(sync_rates),
         unit="tasks/s",
-        note="async " + "/".join(f"{r:.0f}" for r in async_rates) + "; sync " + "/".join(f"{r:.0f}" for r in sync_rates),
+        note=f"async {'/'.join(f'{r:.0f}' for r in async_rates)}; sync {'/'.join(f'{r:.0f}' for r in sync_rates)}",
     )]

@@ -144,9 +144,9 @@ def test_kill_process_groups_ignores_processes_already_gone():
 
 
 async def test_mongo_database_is_refused_on_sqlite():
-    with pytest.raises(RuntimeError, match="MongoDB"):
-        from downloads.updates import mongo_database
+    from downloads.updates import mongo_database
 
+    with pytest.raises(RuntimeError, match="MongoDB"):
         await mongo_database()
 
 
