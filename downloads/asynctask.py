@@ -20,6 +20,7 @@ from typing import Any
 from celery import Task
 
 from downloads import bridge
+from downloads.exceptions import RetryLater
 
 
 class AsyncTask(Task):  # type: ignore[type-arg]
@@ -33,8 +34,14 @@ class AsyncTask(Task):  # type: ignore[type-arg]
         try:
             asyncio.get_running_loop()
         except RuntimeError:
+            pass
+        else:
+            return body  # an async caller awaits it
+        try:
             return bridge.run(body, soft_limit=soft_limit)
-        return body  # an async caller awaits it
+        except RetryLater as later:
+            # Retrying needs Celery's request context, which only this (sync) side has.
+            raise self.retry(exc=later.error, countdown=later.countdown, max_retries=None) from later
 
     def _soft_time_limit(self) -> float | None:
         # Per-call limits travel in the request as (hard, soft); then the task's own; then the app's.

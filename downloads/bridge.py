@@ -54,6 +54,8 @@ from typing import Any, TypeVar, cast
 from asgiref.sync import AsyncToSync
 from celery.exceptions import SoftTimeLimitExceeded
 
+from downloads.subprocesses import kill_group
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -339,13 +341,7 @@ async def _supervised(coro: Coroutine[Any, Any, T], *, soft_limit: float | None,
 def kill_process_groups(pids: set[int]) -> None:
     """SIGKILL every subprocess a run started, with its whole process group when it leads one."""
     for pid in list(pids):
-        try:
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, signal.SIGKILL)
-            else:
-                os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            continue  # exited already (and possibly reaped)
+        kill_group(pid)
 
 
 # --- The bridge -------------------------------------------------------------------------------------------------

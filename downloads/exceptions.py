@@ -98,3 +98,12 @@ class StorageError(MediastoreError):
     def __init__(self, message: str | None = None, retryable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable  # type: ignore[misc]  # per instance: 5xx yes, 4xx no
+
+
+class RetryLater(Exception):
+    """A transient failure with attempts left: the task should run again after ``countdown`` seconds."""
+
+    def __init__(self, error: MediastoreError, countdown: float) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.countdown = countdown

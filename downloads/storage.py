@@ -1,24 +1,59 @@
-"""The object store: S3 API (Cloudflare R2, MinIO, AWS) when ``R2_BUCKET`` is set, else a local folder."""
+"""The object store: S3 API (Cloudflare R2, MinIO, AWS) when ``R2_BUCKET`` is set, else a local folder.
+
+Keys are deterministic per scene (``scenes/<id>/media.<ext>``, ``scenes/<id>/thumb.jpg``): a re-run
+overwrites instead of adding a second copy. Uploads stream from disk in fixed-size parts, so memory does
+not grow with the file; a multipart upload is aborted on any failure or cancellation.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 
 from downloads import bridge
+from downloads.exceptions import StorageError
+
+logger = logging.getLogger(__name__)
+
+PART_SIZE = 8 * 1024 * 1024  # S3's minimum is 5 MiB for every part but the last
+
+
+def media_key(scene_id: str, extension: str) -> str:
+    return f"scenes/{scene_id}/media.{extension.lstrip('.').lower() or 'bin'}"
+
+
+def thumbnail_key(scene_id: str) -> str:
+    return f"scenes/{scene_id}/thumb.jpg"
+
+
+def scene_prefix(scene_id: str) -> str:
+    return f"scenes/{scene_id}/"
+
+
+class Storage(Protocol):
+    async def upload(self, path: Path, *, key: str, content_type: str) -> None: ...
+    async def delete_prefix(self, prefix: str) -> int: ...
+    async def keys(self, prefix: str) -> list[str]: ...
 
 
 def _new_s3_client() -> AbstractAsyncContextManager[Any]:
     config = AioConfig(
         connect_timeout=10,
         read_timeout=60,
+        # botocore's own retries take transient 5xx and throttling; our task retries come on top.
         retries={"max_attempts": 3, "mode": "standard"},
-        # Enough connections for -c 100 uploads sharing one client.
-        max_pool_connections=128,
+        max_pool_connections=128,  # -c 100 uploads share one client
     )
     return get_session().create_client(  # type: ignore[no-any-return]
         "s3",
@@ -33,3 +68,126 @@ def _new_s3_client() -> AbstractAsyncContextManager[Any]:
 async def s3_client() -> Any:
     """The worker's one S3 client, shared by every task on its loop; closed at worker shutdown."""
     return await bridge.shared("s3", _new_s3_client)
+
+
+def _storage_error(exc: Exception, action: str) -> StorageError:
+    if isinstance(exc, ClientError):
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        code = exc.response.get("Error", {}).get("Code", "?")
+        return StorageError(f"The object store refused to {action}: {code} (HTTP {status}).",
+                            retryable=status >= 500 or status in {408, 429})
+    return StorageError(f"The object store could not be reached to {action}: {type(exc).__name__}.",
+                        retryable=True)
+
+
+class S3Storage:
+    def __init__(self, bucket: str) -> None:
+        self.bucket = bucket
+
+    async def upload(self, path: Path, *, key: str, content_type: str) -> None:
+        client = await s3_client()
+        try:
+            created = await client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type)
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error(exc, "start an upload") from exc
+        upload_id = created["UploadId"]
+        try:
+            parts = []
+            with path.open("rb") as source:
+                number = 1
+                while chunk := await asyncio.to_thread(source.read, PART_SIZE):
+                    answer = await client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                      PartNumber=number, Body=chunk)
+                    parts.append({"ETag": answer["ETag"], "PartNumber": number})
+                    number += 1
+            await client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                   MultipartUpload={"Parts": parts})
+        except BaseException as exc:
+            # Failure, soft limit or cancellation alike: an open multipart upload is billed storage.
+            await asyncio.shield(self._abort(key, upload_id))
+            if isinstance(exc, ClientError | BotoCoreError):
+                raise _storage_error(exc, "store the media") from exc
+            raise
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            client = await s3_client()
+            await client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except Exception:
+            logger.exception("storage: could not abort multipart upload %s of %s", upload_id, key)
+
+    async def keys(self, prefix: str) -> list[str]:
+        client = await s3_client()
+        found: list[str] = []
+        try:
+            async for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                found += [item["Key"] for item in page.get("Contents", [])]
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error(exc, "list objects") from exc
+        return found
+
+    async def delete_prefix(self, prefix: str) -> int:
+        keys = await self.keys(prefix)
+        client = await s3_client()
+        for start in range(0, len(keys), 1000):
+            batch = keys[start:start + 1000]
+            try:
+                await client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch]})
+            except (ClientError, BotoCoreError) as exc:
+                raise _storage_error(exc, "delete objects") from exc
+        return len(keys)
+
+
+class LocalStorage:
+    """Objects as files under a folder (``MEDIA_ROOT``): the embedded default."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise StorageError(f"refusing a key outside the media folder: {key!r}")
+        return path
+
+    async def upload(self, path: Path, *, key: str, content_type: str) -> None:
+        await asyncio.to_thread(self._copy, path, self._path(key))
+
+    @staticmethod
+    def _copy(source: Path, target: Path) -> None:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Write beside the target and rename: a reader never sees half a file, a crash leaves none.
+            fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+            try:
+                with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+                    shutil.copyfileobj(src, out, PART_SIZE)
+                os.replace(temporary, target)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise StorageError(f"could not write to the media folder: {exc.strerror}", retryable=False) from exc
+
+    async def keys(self, prefix: str) -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+
+        def walk() -> list[str]:
+            if not base.exists():
+                return []
+            return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
+                          if p.is_file() and not p.name.startswith(".upload-"))
+
+        return await asyncio.to_thread(walk)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        keys = await self.keys(prefix)
+        target = self._path(prefix)
+        await asyncio.to_thread(shutil.rmtree, target, True)
+        return len(keys)
+
+
+def get_storage() -> Storage:
+    if settings.R2_BUCKET:
+        return S3Storage(settings.R2_BUCKET)
+    return LocalStorage(Path(settings.MEDIA_ROOT))

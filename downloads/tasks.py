@@ -10,7 +10,7 @@ from typing import Any
 from celery.signals import worker_init, worker_ready, worker_shutdown
 from celery.utils.log import get_task_logger
 
-from downloads import bridge
+from downloads import bridge, pipeline
 from downloads.asynctask import AsyncTask
 from mediastore.celery import app as celery_app
 
@@ -44,6 +44,12 @@ async def hello_world() -> str:
     logger.info("hello_world: running on the worker's asyncio loop")
     await asyncio.sleep(1)
     return "hello world"
+
+
+@celery_app.task(base=AsyncTask, name="downloads.download_media_task")
+async def download_media_task(mongo_db_id: str) -> str:
+    """Ingest the scene with this primary key (its only argument, by design). Safe to run twice."""
+    return await pipeline.ingest(scene_id=mongo_db_id)
 
 
 @celery_app.task(name="downloads.worker_info")

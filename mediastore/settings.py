@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import sys
 from pathlib import Path
 
 import django_stubs_ext
@@ -20,6 +22,7 @@ from mediastore.env import (
     env_list,
     env_optional_str,
     env_path,
+    env_size,
     env_str,
     env_url,
 )
@@ -181,6 +184,29 @@ if R2_BUCKET is None and any((R2_ENDPOINT_URL, R2_ACCESS_KEY_ID, R2_PUBLIC_BASE_
     raise ImproperlyConfigured("R2_BUCKET: required when any other R2_* variable is set")
 # Where objects go when R2_BUCKET is unset (the embedded default).
 MEDIA_ROOT = DATA_DIR / "media"
+
+# --- Media pipeline -------------------------------------------------------------------------------------
+MEDIA_MAX_FILESIZE = env_size("MEDIA_MAX_FILESIZE", 2 * 1024**3)
+MEDIA_MAX_DURATION = env_duration("MEDIA_MAX_DURATION", 4 * 3600)
+MEDIA_DOWNLOAD_TIMEOUT = env_duration("MEDIA_DOWNLOAD_TIMEOUT", 3600)
+# Seconds without a byte from the source before yt-dlp gives up on a connection (a stalled server).
+MEDIA_SOCKET_TIMEOUT = env_duration("MEDIA_SOCKET_TIMEOUT", 30)
+# --use-extractors: the sites we support plus generic; fewer extractors halve yt-dlp's start-up.
+# html5 is what reads a page's <video src>; generic alone answered "Unsupported URL" for it.
+MEDIA_YTDLP_EXTRACTORS = env_list("MEDIA_YTDLP_EXTRACTORS", ["reddit", "youtube", "generic", "html5"])
+MEDIA_MAX_ATTEMPTS = env_int("MEDIA_MAX_ATTEMPTS", 3, minimum=1)
+MEDIA_RETRY_BACKOFF = env_duration("MEDIA_RETRY_BACKOFF", 30)
+# A processing scene whose heartbeat is older than this may be taken over by a redelivered task.
+MEDIA_STALE_AFTER = env_duration("MEDIA_STALE_AFTER", 300)
+# Full paths: yt-dlp's --ffmpeg-location takes a path, and with a bare name it silently skipped merging.
+FFMPEG_PATH = env_str("FFMPEG_PATH", shutil.which("ffmpeg") or "ffmpeg")
+FFPROBE_PATH = env_str("FFPROBE_PATH", shutil.which("ffprobe") or "ffprobe")
+YTDLP_PATH = env_str("YTDLP_PATH", str(Path(sys.executable).with_name("yt-dlp")))
+if MEDIA_DOWNLOAD_TIMEOUT >= CELERY_TASK_SOFT_TIME_LIMIT:
+    raise ImproperlyConfigured(
+        f"MEDIA_DOWNLOAD_TIMEOUT ({MEDIA_DOWNLOAD_TIMEOUT:g}s) must be below CELERY_TASK_SOFT_TIME_LIMIT "
+        f"({CELERY_TASK_SOFT_TIME_LIMIT:g}s), so a slow download fails with 'timeout' before the task is cut off"
+    )
 
 # --- Logging --------------------------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

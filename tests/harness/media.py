@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -162,6 +163,11 @@ class _Handler(SimpleHTTPRequestHandler):
 
 class _MediaHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client hanging up mid-body (yt-dlp killed for a limit, a HEAD-like probe) is normal here.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
     def __init__(self, files: MediaFiles) -> None:
         self.files = files

@@ -16,6 +16,7 @@ CRASH_ENV = {
     "CELERY_BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
     "CELERY_TASK_TIME_LIMIT": "6",
     "CELERY_TASK_SOFT_TIME_LIMIT": "5",
+    "MEDIA_DOWNLOAD_TIMEOUT": "4",
 }
 # Visibility timeout, then a poll or two (1 s each) for the new worker to restore and run the 2 s task.
 REDELIVERY_DEADLINE = VISIBILITY_TIMEOUT + 10

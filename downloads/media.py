@@ -1,0 +1,113 @@
+"""What a downloaded file is (ffprobe) and a picture of it (ffmpeg), both as async subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from downloads.exceptions import InternalError, InvalidMediaError
+from downloads.subprocesses import run_captured
+
+logger = logging.getLogger(__name__)
+
+PROBE_TIMEOUT = 60
+THUMBNAIL_TIMEOUT = 60
+THUMBNAIL_WIDTH = 640
+CONTENT_TYPES = {
+    "mp4": "video/mp4", "m4v": "video/mp4", "mov": "video/quicktime", "webm": "video/webm",
+    "mkv": "video/x-matroska", "m4a": "audio/mp4", "mp3": "audio/mpeg", "ogg": "audio/ogg",
+    "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac", "wav": "audio/wav",
+}
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    duration: float | None
+    width: int | None
+    height: int | None
+    size_bytes: int
+    video_codec: str
+    audio_codec: str
+    content_type: str
+
+    @property
+    def has_video(self) -> bool:
+        return bool(self.video_codec)
+
+
+def _parse_probe(data: dict[str, Any], path: Path, size_bytes: int) -> MediaInfo:
+    streams = data.get("streams") or []
+    video = next((s for s in streams if s.get("codec_type") == "video"
+                  and not (s.get("disposition") or {}).get("attached_pic")), None)
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    if video is None and audio is None:
+        raise InvalidMediaError()
+    duration_text = (data.get("format") or {}).get("duration")
+    try:
+        duration = float(duration_text) if duration_text is not None else None
+    except ValueError:
+        duration = None
+    extension = path.suffix.lstrip(".").lower()
+    content_type = CONTENT_TYPES.get(extension, "application/octet-stream")
+    if video is None and content_type == "video/mp4":
+        content_type = "audio/mp4"
+    return MediaInfo(
+        duration=duration,
+        width=int(video["width"]) if video and video.get("width") else None,
+        height=int(video["height"]) if video and video.get("height") else None,
+        size_bytes=size_bytes,
+        video_codec=str(video.get("codec_name", "")) if video else "",
+        audio_codec=str(audio.get("codec_name", "")) if audio else "",
+        content_type=content_type,
+    )
+
+
+async def probe(path: Path) -> MediaInfo:
+    """ffprobe ``path``; ``InvalidMediaError`` when it holds neither audio nor video."""
+    if not path.is_absolute():  # job paths come from mkdtemp; absolute, so never mistaken for an option
+        raise InternalError(f"refusing to probe a relative path: {path}")
+    code, stdout, stderr = await run_captured(
+        [settings.FFPROBE_PATH, "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
+         str(path)],
+        limit=PROBE_TIMEOUT,
+    )
+    if code != 0:
+        reason = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+        raise InvalidMediaError(f"ffprobe could not read the file: {reason[0][:300]}")
+    try:
+        data = json.loads(stdout)
+    except ValueError as exc:
+        raise InternalError("ffprobe answered something that is not JSON") from exc
+    return _parse_probe(data, path, int((data.get("format") or {}).get("size") or 0))
+
+
+async def thumbnail(path: Path, info: MediaInfo, *, into: Path) -> Path | None:
+    """A JPEG from inside the video, or None: never fails the scene (audio only, odd streams, ffmpeg errors)."""
+    if not info.has_video:
+        return None
+    # A frame a tenth of the way in, but always inside the media (short clips, unknown durations).
+    at = min(info.duration * 0.1, max(info.duration - 0.1, 0)) if info.duration else 0
+    target = into / "thumb.jpg"
+    argv = [settings.FFMPEG_PATH, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+            "-ss", f"{at:.3f}", "-i", str(path), "-frames:v", "1",
+            "-vf", f"scale='min({THUMBNAIL_WIDTH},iw)':-2", "-q:v", "4", str(target)]
+    try:
+        code, _, stderr = await run_captured(argv, limit=THUMBNAIL_TIMEOUT)
+    except (OSError, TimeoutError) as exc:
+        logger.warning("thumbnail: ffmpeg did not run for %s: %s", path.name, exc)
+        return None
+    if code != 0 or not await asyncio.to_thread(_nonempty_file, target):
+        logger.warning("thumbnail: none for %s (ffmpeg exit %s): %s", path.name, code,
+                       stderr.decode("utf-8", "replace").strip()[-300:])
+        return None
+    return target
+
+
+def _nonempty_file(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0

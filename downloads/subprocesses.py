@@ -1,0 +1,37 @@
+"""Owning child processes: each starts its own session, and ending it ends its whole process group."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL ``pid`` with its process group when it leads one (``start_new_session=True``)."""
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+
+
+async def run_captured(argv: list[str], *, limit: float) -> tuple[int, bytes, bytes]:
+    """Run ``argv`` to completion within ``limit`` seconds; return exit code, stdout and stderr.
+
+    On timeout or cancellation the process group is killed and reaped before the error propagates.
+    """
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        async with asyncio.timeout(limit):
+            stdout, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            kill_group(process.pid)
+            await asyncio.shield(process.wait())
+    assert process.returncode is not None
+    return process.returncode, stdout, stderr

@@ -1,0 +1,262 @@
+"""yt-dlp as an async subprocess: the argument list, progress parsing, our own limits, and the verdict.
+
+Facts measured with yt-dlp 2026.10.26 that shape this module:
+
+- Exit code 0 is not success: a file over ``--max-filesize`` is skipped with exit 0 and no result. So
+  success is ours to decide: exit 0, exactly one result line, and the file on disk.
+- ``--max-filesize`` is not enforced when the server sends no Content-Length, nor for HLS: the size limit
+  is enforced here too, from progress lines and from the job folder's size, by killing the process group.
+- Without ``--`` a "URL" such as ``--exec=touch /tmp/x`` ran a command. Every URL goes after ``--``;
+  ``--ignore-config``, no ``--exec``, no plugins, no external downloaders.
+- ``--print`` puts yt-dlp in quiet mode: our machine-readable lines on stdout, warnings/errors on stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from downloads.exceptions import (
+    DownloadTimeoutError,
+    InternalError,
+    LiveStreamError,
+    MediastoreError,
+    NetworkError,
+    NotFoundError,
+    TooLargeError,
+    TooLongError,
+    UnavailableError,
+    UnsupportedUrlError,
+)
+from downloads.subprocesses import kill_group
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_MARK = "[mediastore-progress]"
+INFO_MARK = "[mediastore-info]"
+RESULT_MARK = "[mediastore-result]"
+POSTPROCESS_MARK = "[mediastore-postprocess]"
+OUTPUT_TEMPLATE = "media.%(ext)s"
+STDERR_TAIL_LINES = 20
+_WATCH_INTERVAL = 0.5
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class Progress:
+    downloaded_bytes: int | None
+    total_bytes: int | None
+    percent: float | None
+    stage: str  # "downloading" or "postprocessing"
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    path: Path
+    title: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressCallback = Callable[[Progress], Awaitable[None]]
+
+
+def build_argv(url: str, *, job_dir: Path, max_filesize: int) -> list[str]:
+    """The whole command line; ``url`` is untrusted and only ever follows ``--``."""
+    progress = (f"download:{PROGRESS_MARK} %(progress.status)s %(progress.downloaded_bytes)s "
+                "%(progress.total_bytes)s %(progress.total_bytes_estimate)s")
+    return [
+        settings.YTDLP_PATH,
+        "--ignore-config", "--no-plugin-dirs", "--no-cache-dir", "--no-playlist", "-I", "1",
+        # --no-quiet undoes the quiet mode --print implies: the line that says a file was skipped for
+        # --max-filesize (exit 0, no result) is only printed then.
+        "--color", "never", "--newline", "--no-simulate", "--no-quiet", "--no-mtime",
+        "--progress", "--progress-template", progress,
+        "--progress-template", f"postprocess:{POSTPROCESS_MARK} %(progress.postprocessor)s %(progress.status)s",
+        "--print", f"pre_process:{INFO_MARK} %(.{{id,title,duration,is_live,live_status,extractor}})j",
+        "--print", f"after_move:{RESULT_MARK} %(.{{filepath,title,duration,ext}})j",
+        "-P", str(job_dir), "-o", OUTPUT_TEMPLATE, "--restrict-filenames",
+        "--max-filesize", str(max_filesize),
+        "--socket-timeout", f"{settings.MEDIA_SOCKET_TIMEOUT:g}",
+        "--retries", "2", "--fragment-retries", "2", "--extractor-retries", "1",
+        "--use-extractors", ",".join(settings.MEDIA_YTDLP_EXTRACTORS),
+        "-f", "bv*+ba/b", "--merge-output-format", "mp4",
+        "--ffmpeg-location", settings.FFMPEG_PATH,
+        "--", url,
+    ]
+
+
+def _number(text: str) -> int | None:
+    try:
+        return int(float(text))
+    except ValueError:
+        return None  # "NA" for unknown fields
+
+
+def parse_progress(line: str) -> Progress | None:
+    if line.startswith(PROGRESS_MARK):
+        parts = line[len(PROGRESS_MARK):].split()
+        if len(parts) < 4:
+            return None
+        downloaded, total = _number(parts[1]), _number(parts[2]) or _number(parts[3])
+        percent = min(100.0, downloaded * 100 / total) if downloaded is not None and total else None
+        return Progress(downloaded_bytes=downloaded, total_bytes=total, percent=percent, stage="downloading")
+    if line.startswith(POSTPROCESS_MARK):
+        return Progress(downloaded_bytes=None, total_bytes=None, percent=None, stage="postprocessing")
+    return None
+
+
+def clean(text: str, limit: int = 500) -> str:
+    """Untrusted text (yt-dlp output, titles) made safe to store and show: no control characters, bounded."""
+    text = _CONTROL_CHARS.sub(" ", text).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_ERROR_PATTERNS: list[tuple[re.Pattern[str], type[MediastoreError]]] = [
+    (re.compile(r"HTTP Error 404|404: Not Found|HTTP Error 410", re.I), NotFoundError),
+    (re.compile(r"Unsupported URL", re.I), UnsupportedUrlError),
+    (re.compile(r"larger than max-filesize|File is larger than", re.I), TooLargeError),
+    (re.compile(r"live event|is live|is a live stream|premieres in", re.I), LiveStreamError),
+    (re.compile(r"private video|video unavailable|has been removed|sign in|log ?in|members[- ]only|"
+                r"not available in your country|geo.?restrict|HTTP Error 403|age[- ]restricted", re.I),
+     UnavailableError),
+    (re.compile(r"timed out|timeout", re.I), DownloadTimeoutError),
+    (re.compile(r"connection (refused|reset|aborted)|name or service not known|temporary failure in name "
+                r"resolution|network is unreachable|no route to host|ssl|remote end closed|incomplete read|"
+                r"HTTP Error 5\d\d", re.I), NetworkError),
+]
+
+
+def classify_error(stderr_lines: list[str]) -> MediastoreError:
+    """yt-dlp's ERROR lines → our error, with yt-dlp's reason (cleaned) as the message."""
+    errors = [line for line in stderr_lines if line.startswith("ERROR:")]
+    reason = clean((errors[-1] if errors else (stderr_lines[-1] if stderr_lines else ""))
+                   .removeprefix("ERROR:").strip())
+    for pattern, error_type in _ERROR_PATTERNS:
+        if pattern.search(reason):
+            return error_type(reason)
+    return InternalError(f"yt-dlp failed: {reason}" if reason else "yt-dlp failed without saying why")
+
+
+class _Run:
+    """State of one yt-dlp run, filled from its output."""
+
+    def __init__(self, *, max_filesize: int, on_progress: ProgressCallback | None) -> None:
+        self.max_filesize = max_filesize
+        self.on_progress = on_progress
+        self.results: list[dict[str, Any]] = []
+        self.info: dict[str, Any] = {}
+        self.stderr: list[str] = []
+        self.verdict: MediastoreError | None = None  # a limit we enforced, which decides the outcome
+
+    async def read_stdout(self, stream: asyncio.StreamReader, kill: Callable[[MediastoreError], None]) -> None:
+        async for raw in stream:
+            line = raw.decode("utf-8", "replace").strip().replace("\r", "")
+            if "larger than max-filesize" in line:
+                self.verdict = self.verdict or TooLargeError(
+                    f"The media is larger than {self.max_filesize} bytes, the most this server accepts.")
+            elif line.startswith(RESULT_MARK):
+                self.results.append(json.loads(line[len(RESULT_MARK):]))
+            elif line.startswith(INFO_MARK):
+                self.info = json.loads(line[len(INFO_MARK):])
+                self._check_info(kill)
+            elif (progress := parse_progress(line)) is not None:
+                total = progress.total_bytes
+                if total is not None and total > self.max_filesize:
+                    kill(TooLargeError(f"The media is {total} bytes; this server accepts at most "
+                                       f"{self.max_filesize}."))
+                if self.on_progress is not None:
+                    await self.on_progress(progress)
+
+    def _check_info(self, kill: Callable[[MediastoreError], None]) -> None:
+        if self.info.get("is_live") or self.info.get("live_status") in {"is_live", "is_upcoming"}:
+            kill(LiveStreamError())
+        duration = self.info.get("duration")
+        if isinstance(duration, int | float) and duration > settings.MEDIA_MAX_DURATION:
+            kill(TooLongError(f"The media lasts {duration:.0f} s; this server accepts at most "
+                              f"{settings.MEDIA_MAX_DURATION:.0f} s."))
+
+    async def read_stderr(self, stream: asyncio.StreamReader) -> None:
+        async for raw in stream:
+            line = clean(raw.decode("utf-8", "replace"), limit=2000)
+            if line:
+                self.stderr.append(line)
+                del self.stderr[:-STDERR_TAIL_LINES]
+
+
+def _folder_size(folder: Path) -> int:
+    return sum(entry.stat().st_size for entry in folder.rglob("*") if entry.is_file())
+
+
+async def download(url: str, *, job_dir: Path, on_progress: ProgressCallback | None = None) -> DownloadResult:
+    """Download ``url`` into ``job_dir``; raise one of our errors on any failure."""
+    max_filesize = settings.MEDIA_MAX_FILESIZE
+    run = _Run(max_filesize=max_filesize, on_progress=on_progress)
+    argv = build_argv(url, job_dir=job_dir, max_filesize=max_filesize)
+    started = time.monotonic()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )
+    except OSError as exc:
+        raise InternalError(f"could not start yt-dlp: {exc.strerror}") from exc
+
+    def kill(verdict: MediastoreError) -> None:
+        if run.verdict is None:
+            run.verdict = verdict
+        kill_group(process.pid)  # yt-dlp and the ffmpeg it started
+
+    async def watch_folder() -> None:
+        # --max-filesize is blind to chunked responses and HLS: measure what actually lands on disk.
+        while True:
+            await asyncio.sleep(_WATCH_INTERVAL)
+            size = await asyncio.to_thread(_folder_size, job_dir)
+            if size > max_filesize:
+                kill(TooLargeError(f"The download passed {max_filesize} bytes, the most this server accepts."))
+                return
+
+    assert process.stdout is not None
+    assert process.stderr is not None
+    watcher = asyncio.create_task(watch_folder())
+    try:
+        async with asyncio.timeout(settings.MEDIA_DOWNLOAD_TIMEOUT):
+            await asyncio.gather(run.read_stdout(process.stdout, kill), run.read_stderr(process.stderr))
+            returncode = await process.wait()
+    except TimeoutError:
+        kill(DownloadTimeoutError(f"The download took longer than {settings.MEDIA_DOWNLOAD_TIMEOUT:g} s."))
+        returncode = await process.wait()
+    finally:
+        watcher.cancel()
+        if process.returncode is None:  # cancelled (soft or hard limit): leave nothing running
+            kill(DownloadTimeoutError())
+            await asyncio.shield(process.wait())
+    logger.info("yt-dlp exited %s after %.1fs for %s", returncode, time.monotonic() - started, clean(url, 200))
+    return _verdict(run, returncode, url)
+
+
+def _verdict(run: _Run, returncode: int, url: str) -> DownloadResult:
+    if run.verdict is not None:
+        raise run.verdict
+    if returncode != 0:
+        error = classify_error(run.stderr)
+        logger.warning("yt-dlp failed (%s) for %s; stderr tail: %s", error.code, clean(url, 200),
+                       " | ".join(run.stderr[-5:]))
+        raise error
+    if len(run.results) != 1:
+        if any("max-filesize" in line or "larger than" in line for line in run.stderr):
+            raise TooLargeError()
+        raise InternalError(f"yt-dlp finished but reported {len(run.results)} files instead of one.")
+    result = run.results[0]
+    path = Path(str(result.get("filepath", "")))
+    if not path.is_file():
+        raise InternalError("yt-dlp reported a file that is not there.")
+    return DownloadResult(path=path, title=clean(str(result.get("title") or ""), 500), info=run.info)

@@ -1,0 +1,224 @@
+"""The whole pipeline on the real gevent worker: real yt-dlp, ffmpeg, Redis, S3 server and media server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from django.contrib.auth import get_user_model
+
+from downloads.tasks import download_media_task
+from scenes import services
+from scenes.models import Scene
+from tests.harness.media import MediaServer
+from tests.harness.processes import wait_until
+
+LIMITS = {
+    "MEDIA_MAX_FILESIZE": "10M",
+    "MEDIA_SOCKET_TIMEOUT": "2",
+    "MEDIA_RETRY_BACKOFF": "0.2",
+    "MEDIA_MAX_ATTEMPTS": "2",
+    "MEDIA_DOWNLOAD_TIMEOUT": "120",
+}
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, request: pytest.FixtureRequest):
+    name = f"media-{request.node.name[:20].lower().replace('_', '-')}-{int(time.time() * 1000) % 100000}"
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+    client.create_bucket(Bucket=name)
+    yield client, name
+    client.close()
+
+
+@pytest.fixture
+def job_tmp(tmp_path: Path) -> Path:
+    folder = tmp_path / "worker-tmp"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def s3_worker(start_worker, bucket, s3_endpoint: str, job_tmp: Path):
+    _, name = bucket
+
+    def start(**overrides: str):
+        env = {**LIMITS, "R2_BUCKET": name, "R2_ENDPOINT_URL": s3_endpoint, "R2_ACCESS_KEY_ID": "test",
+               "R2_SECRET_ACCESS_KEY": "test", "R2_REGION": "us-east-1", "TMPDIR": str(job_tmp), **overrides}
+        return start_worker(concurrency=10, env=env)
+
+    return start
+
+
+@pytest.fixture
+def owner(transactional_db):
+    return get_user_model().objects.create_user("pipeline-owner")
+
+
+def _ingest(owner, url: str, *, timeout: float = 90) -> Scene:
+    scene = services.scene_create(owner=owner, source_url=url)
+    download_media_task.delay(scene.pk)
+    return _wait_terminal(scene.pk, timeout=timeout)
+
+
+def _wait_terminal(scene_id: str, *, timeout: float) -> Scene:
+    wait_until(lambda: Scene.objects.get(pk=scene_id).is_terminal, timeout=timeout, interval=0.2,
+               what=f"scene {scene_id} to finish")
+    return Scene.objects.get(pk=scene_id)
+
+
+def _keys(bucket) -> list[str]:
+    client, name = bucket
+    return sorted(item["Key"] for item in client.list_objects_v2(Bucket=name).get("Contents", []))
+
+
+def _open_uploads(bucket) -> list[str]:
+    client, name = bucket
+    return [u["Key"] for u in client.list_multipart_uploads(Bucket=name).get("Uploads", [])]
+
+
+def _streams(bucket, key: str, tmp_path: Path) -> list[str]:
+    client, name = bucket
+    target = tmp_path / Path(key).name
+    client.download_file(name, key, str(target))
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "json",
+                            str(target)], capture_output=True, text=True, check=True, timeout=60)
+    return sorted(stream["codec_type"] for stream in json.loads(probe.stdout)["streams"])
+
+
+@pytest.mark.parametrize("path", ["video.mp4", "hls/index.m3u8", "dash/manifest.mpd", "video-page.html",
+                                  "og-page.html"])
+def test_media_is_stored_with_metadata_and_thumbnail(s3_worker, owner, bucket, media_server: MediaServer,
+                                                    job_tmp: Path, tmp_path: Path, path: str):
+    s3_worker()
+
+    scene = _ingest(owner, media_server.url(path))
+
+    assert (scene.status, scene.error_code, scene.error_message) == (Scene.Status.COMPLETED, "", "")
+    assert scene.storage_key == f"scenes/{scene.pk}/media.mp4"
+    assert scene.thumbnail_key == f"scenes/{scene.pk}/thumb.jpg"
+    assert _keys(bucket) == sorted([scene.storage_key, scene.thumbnail_key])
+    assert (scene.width, scene.height, scene.video_codec, scene.audio_codec) == (320, 240, "h264", "aac")
+    assert 2.5 < scene.duration < 3.5
+    assert scene.content_type == "video/mp4"
+    assert scene.progress == 100
+    assert scene.attempts == 1
+    assert _streams(bucket, scene.storage_key, tmp_path) == ["audio", "video"]
+    assert list(job_tmp.iterdir()) == []
+    assert _open_uploads(bucket) == []
+
+
+def test_audio_only_is_stored_without_thumbnail(s3_worker, owner, bucket, media_server: MediaServer, job_tmp: Path):
+    s3_worker()
+
+    scene = _ingest(owner, media_server.url("audio.m4a"))
+
+    assert scene.status == Scene.Status.COMPLETED
+    assert scene.thumbnail_key == ""
+    assert (scene.video_codec, scene.audio_codec, scene.content_type) == ("", "aac", "audio/mp4")
+    assert _keys(bucket) == [scene.storage_key]
+    assert list(job_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize(("path", "code"), [("missing.mp4", "not_found"), ("no-media.html", "unsupported_url")])
+def test_permanent_source_errors_fail_with_their_code(s3_worker, owner, bucket, media_server: MediaServer,
+                                                     job_tmp: Path, path: str, code: str):
+    s3_worker()
+
+    scene = _ingest(owner, media_server.url(path))
+
+    assert (scene.status, scene.error_code, scene.attempts) == (Scene.Status.FAILED, code, 1)
+    assert media_server.url(path).split("/")[-1].split(".")[0] in scene.error_message
+    assert _keys(bucket) == []
+    assert list(job_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("path", ["large.mp4", "large-chunked.mp4"])
+def test_oversize_media_fails_too_large_and_stores_nothing(s3_worker, owner, bucket, media_server: MediaServer,
+                                                          job_tmp: Path, path: str):
+    s3_worker(MEDIA_MAX_FILESIZE="2M")
+
+    scene = _ingest(owner, media_server.url(path))
+
+    assert (scene.status, scene.error_code) == (Scene.Status.FAILED, "too_large")
+    assert "2097152" in scene.error_message
+    assert _keys(bucket) == []
+    assert _open_uploads(bucket) == []
+    assert list(job_tmp.iterdir()) == []
+
+
+def test_stalling_source_is_retried_then_fails(s3_worker, owner, bucket, media_server: MediaServer, job_tmp: Path):
+    s3_worker()
+
+    scene = _ingest(owner, media_server.url("stall.mp4"), timeout=120)
+
+    assert scene.status == Scene.Status.FAILED
+    assert scene.error_code in {"timeout", "network_error"}
+    assert scene.attempts == 2  # MEDIA_MAX_ATTEMPTS
+    assert _keys(bucket) == []
+    assert list(job_tmp.iterdir()) == []
+
+
+def test_throttled_download_reports_progress(s3_worker, owner, media_server: MediaServer):
+    s3_worker()
+    scene = services.scene_create(owner=owner, source_url=media_server.url("throttled.mp4?rate=1500000"))
+
+    download_media_task.delay(scene.pk)
+    seen: set[int] = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        current = Scene.objects.get(pk=scene.pk)
+        if current.status == Scene.Status.PROCESSING and current.stage == Scene.Stage.DOWNLOADING \
+                and current.progress is not None:
+            seen.add(current.progress)
+        if current.is_terminal:
+            break
+        time.sleep(0.1)
+
+    assert current.status == Scene.Status.COMPLETED
+    assert len(seen - {0, 100}) >= 2, f"progress values seen while downloading: {sorted(seen)}"
+
+
+def test_running_the_task_twice_stores_one_copy(s3_worker, owner, bucket, media_server: MediaServer):
+    s3_worker()
+    scene = _ingest(owner, media_server.url("video.mp4"))
+    first_completed_at = scene.completed_at
+
+    outcome = download_media_task.delay(scene.pk).get(timeout=60)
+
+    scene.refresh_from_db()
+    assert outcome == "already_completed"
+    assert scene.completed_at == first_completed_at
+    assert _keys(bucket) == sorted([scene.storage_key, scene.thumbnail_key])
+
+
+def test_concurrent_deliveries_complete_once(s3_worker, owner, bucket, media_server: MediaServer):
+    s3_worker()
+    scene = services.scene_create(owner=owner, source_url=media_server.url("video.mp4"))
+
+    outcomes = sorted(r.get(timeout=90) for r in [download_media_task.delay(scene.pk) for _ in range(2)])
+
+    scene.refresh_from_db()
+    assert outcomes == ["busy", "completed"]
+    assert scene.attempts == 1
+    assert _keys(bucket) == sorted([scene.storage_key, scene.thumbnail_key])
+
+
+@pytest.mark.parametrize("path", ["video.mp4", "dash/manifest.mpd"])
+def test_local_folder_storage_stores_media(start_worker, owner, media_server: MediaServer, tmp_path: Path,
+                                           job_tmp: Path, path: str):
+    start_worker(env={**LIMITS, "TMPDIR": str(job_tmp)})
+
+    scene = _ingest(owner, media_server.url(path))
+
+    media_root = tmp_path / "worker-data" / "media"
+    assert scene.status == Scene.Status.COMPLETED
+    stored = sorted(str(p.relative_to(media_root)) for p in media_root.rglob("*") if p.is_file())
+    assert stored == sorted([scene.storage_key, scene.thumbnail_key])
+    assert (media_root / scene.storage_key).stat().st_size == scene.size_bytes
+    assert list(job_tmp.iterdir()) == []
