@@ -14,6 +14,7 @@ from django.contrib.auth import get_user_model
 from downloads.tasks import download_media_task
 from scenes import services
 from scenes.models import Scene
+from tests.harness.faults import FaultProxy, is_upload_part
 from tests.harness.media import MediaServer
 from tests.harness.processes import wait_until
 
@@ -221,4 +222,37 @@ def test_local_folder_storage_stores_media(start_worker, owner, media_server: Me
     stored = sorted(str(p.relative_to(media_root)) for p in media_root.rglob("*") if p.is_file())
     assert stored == sorted([scene.storage_key, scene.thumbnail_key])
     assert (media_root / scene.storage_key).stat().st_size == scene.size_bytes
+    assert list(job_tmp.iterdir()) == []
+
+
+@pytest.fixture
+def fault_proxy(s3_endpoint: str):
+    with FaultProxy(s3_endpoint) as proxy:
+        yield proxy
+
+
+def test_s3_answering_503_twice_then_200_completes(s3_worker, owner, bucket, fault_proxy, media_server: MediaServer):
+    fault_proxy.fail(503, times=2, when=is_upload_part)
+    s3_worker(R2_ENDPOINT_URL=fault_proxy.url)
+
+    scene = _ingest(owner, media_server.url("video.mp4"))
+
+    assert scene.status == Scene.Status.COMPLETED
+    assert [status for _, _, status in fault_proxy.injected] == [503, 503]
+    assert _keys(bucket) == sorted([scene.storage_key, scene.thumbnail_key])
+    assert _open_uploads(bucket) == []
+
+
+def test_s3_refusing_with_403_fails_storage_error_without_retry(s3_worker, owner, bucket, fault_proxy,
+                                                               media_server: MediaServer, job_tmp: Path):
+    fault_proxy.fail(403, times=100, when=is_upload_part)
+    s3_worker(R2_ENDPOINT_URL=fault_proxy.url)
+
+    scene = _ingest(owner, media_server.url("video.mp4"))
+
+    assert (scene.status, scene.error_code, scene.attempts) == (Scene.Status.FAILED, "storage_error", 1)
+    assert "AccessDenied" in scene.error_message
+    assert len(fault_proxy.injected) == 1  # a 4xx is not retried, by botocore or by us
+    assert _keys(bucket) == []
+    assert _open_uploads(bucket) == []  # the multipart upload was aborted
     assert list(job_tmp.iterdir()) == []
