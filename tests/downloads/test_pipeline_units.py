@@ -1,0 +1,289 @@
+"""Unit tests with mocks, as the pipeline's design asks: subprocess, S3 client and database client mocked,
+and every call checked to carry the scene's primary key."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from botocore.exceptions import ClientError
+
+from downloads import media, pipeline, storage, updates, ytdlp
+from downloads.exceptions import NotFoundError, StorageError, TooLargeError
+from scenes.models import Scene
+
+SCENE_ID = "65f0c0ffee0000000000abcd"
+
+
+class FakeStream:
+    def __init__(self, lines: list[str], *, hang: asyncio.Event | None = None) -> None:
+        self._lines = [line.encode() + b"\n" for line in lines]
+        self._hang = hang
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._lines:
+            await asyncio.sleep(0)
+            return self._lines.pop(0)
+        if self._hang is not None:
+            await self._hang.wait()
+        raise StopAsyncIteration
+
+
+class FakeProcess:
+    def __init__(self, *, stdout: list[str], stderr: list[str], returncode: int, hang: bool = False) -> None:
+        self.pid = 424242
+        self._killed = asyncio.Event()
+        self.stdout = FakeStream(stdout, hang=self._killed if hang else None)
+        self.stderr = FakeStream(stderr)
+        self._final = returncode
+        self.returncode: int | None = None
+
+    def kill(self) -> None:
+        self._killed.set()
+
+    async def wait(self) -> int:
+        if self._final < 0:
+            await self._killed.wait()
+        self.returncode = self._final
+        return self._final
+
+
+def _result_line(path: Path) -> str:
+    return f'{ytdlp.RESULT_MARK} {{"filepath": "{path}", "title": "A title", "ext": "mp4"}}'
+
+
+@pytest.fixture
+def no_kill():
+    with mock.patch("downloads.ytdlp.kill_group") as kill:
+        yield kill
+
+
+async def test_ytdlp_success_returns_the_file(tmp_path: Path, no_kill):
+    target = tmp_path / "media.mp4"
+    target.write_bytes(b"x" * 10)
+    process = FakeProcess(stdout=[f"{ytdlp.PROGRESS_MARK} downloading 5 10 NA", _result_line(target)], stderr=[],
+                          returncode=0)
+    seen: list[ytdlp.Progress] = []
+
+    async def on_progress(progress: ytdlp.Progress) -> None:
+        seen.append(progress)
+
+    with mock.patch("asyncio.create_subprocess_exec", return_value=process) as spawn:
+        result = await ytdlp.download("https://example.com/v", job_dir=tmp_path, on_progress=on_progress)
+
+    assert result.path == target
+    assert result.title == "A title"
+    assert [p.percent for p in seen] == [50.0]
+    argv = spawn.call_args.args
+    assert argv[-2:] == ("--", "https://example.com/v")
+    assert "--ignore-config" in argv
+    assert "--exec" not in argv
+    assert spawn.call_args.kwargs["start_new_session"] is True
+
+
+async def test_ytdlp_url_that_looks_like_an_option_stays_after_the_separator(tmp_path: Path):
+    argv = ytdlp.build_argv("--exec=touch /tmp/pwned", job_dir=tmp_path, max_filesize=10)
+
+    assert argv.index("--exec=touch /tmp/pwned") == argv.index("--") + 1
+    assert argv.count("--exec=touch /tmp/pwned") == 1
+
+
+async def test_ytdlp_failure_is_classified_from_stderr(tmp_path: Path, no_kill):
+    process = FakeProcess(stdout=[], stderr=["WARNING: falling back",
+                                             "ERROR: [generic] x: Unable to download webpage: HTTP Error 404"],
+                          returncode=1)
+
+    with mock.patch("asyncio.create_subprocess_exec", return_value=process), pytest.raises(NotFoundError) as error:
+        await ytdlp.download("https://example.com/x", job_dir=tmp_path)
+
+    assert "HTTP Error 404" in error.value.message
+
+
+async def test_ytdlp_exit_zero_without_a_result_is_not_success(tmp_path: Path, no_kill):
+    process = FakeProcess(stdout=["[generic] Extracting URL"], stderr=[], returncode=0)
+
+    with mock.patch("asyncio.create_subprocess_exec", return_value=process), pytest.raises(Exception) as error:
+        await ytdlp.download("https://example.com/x", job_dir=tmp_path)
+
+    assert getattr(error.value, "code", None) == "internal_error"
+    assert "0 files" in str(error.value)
+
+
+async def test_hls_download_without_a_total_is_stopped_by_the_folder_size(tmp_path: Path, settings, no_kill):
+    # HLS fragments carry no total size, and yt-dlp's --max-filesize does not apply to them: the job
+    # folder's size is what stops it.
+    settings.MEDIA_MAX_FILESIZE = 1000
+    (tmp_path / "media.part-Frag1").write_bytes(b"x" * 2000)
+    process = FakeProcess(stdout=[f"{ytdlp.PROGRESS_MARK} downloading 2000 NA NA"], stderr=[], returncode=-9,
+                          hang=True)
+    no_kill.side_effect = lambda pid: process.kill()
+
+    with mock.patch("asyncio.create_subprocess_exec", return_value=process), pytest.raises(TooLargeError):
+        await ytdlp.download("https://example.com/stream.m3u8", job_dir=tmp_path)
+
+    no_kill.assert_called_with(process.pid)
+
+
+def _client_error(status: int, code: str) -> ClientError:
+    return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "UploadPart")
+
+
+def _s3_client() -> mock.AsyncMock:
+    client = mock.AsyncMock()
+    client.create_multipart_upload.return_value = {"UploadId": "up-1"}
+    client.upload_part.side_effect = lambda **kw: {"ETag": f"etag-{kw['PartNumber']}"}
+    return client
+
+
+async def test_s3_upload_streams_parts_under_the_scene_key(tmp_path: Path):
+    path = tmp_path / "media.mp4"
+    path.write_bytes(b"a" * (storage.PART_SIZE + 10))
+    client = _s3_client()
+    key = storage.media_key(SCENE_ID, ".mp4")
+
+    with mock.patch("downloads.storage.s3_client", return_value=client):
+        await storage.S3Storage("bucket").upload(path, key=key, content_type="video/mp4")
+
+    assert key == f"scenes/{SCENE_ID}/media.mp4"
+    assert [c.kwargs["PartNumber"] for c in client.upload_part.await_args_list] == [1, 2]
+    assert len(client.upload_part.await_args_list[0].kwargs["Body"]) == storage.PART_SIZE
+    assert all(c.kwargs["Key"] == key for c in client.upload_part.await_args_list)
+    client.complete_multipart_upload.assert_awaited_once()
+    client.abort_multipart_upload.assert_not_awaited()
+
+
+@pytest.mark.parametrize(("status", "retryable"), [(403, False), (503, True)])
+async def test_s3_upload_failure_aborts_and_translates(tmp_path: Path, status: int, retryable: bool):
+    path = tmp_path / "media.mp4"
+    path.write_bytes(b"a" * 10)
+    client = _s3_client()
+    client.upload_part.side_effect = _client_error(status, "Nope")
+
+    with mock.patch("downloads.storage.s3_client", return_value=client), pytest.raises(StorageError) as error:
+        await storage.S3Storage("bucket").upload(path, key=storage.media_key(SCENE_ID, "mp4"), content_type="x")
+
+    assert error.value.retryable is retryable
+    assert f"HTTP {status}" in error.value.message
+    client.abort_multipart_upload.assert_awaited_once_with(Bucket="bucket", Key=f"scenes/{SCENE_ID}/media.mp4",
+                                                           UploadId="up-1")
+
+
+async def test_s3_upload_cancelled_midway_aborts(tmp_path: Path):
+    path = tmp_path / "media.mp4"
+    path.write_bytes(b"a" * 10)
+    client = _s3_client()
+    client.upload_part.side_effect = asyncio.CancelledError()
+
+    with mock.patch("downloads.storage.s3_client", return_value=client), pytest.raises(asyncio.CancelledError):
+        await storage.S3Storage("bucket").upload(path, key="k", content_type="x")
+
+    client.abort_multipart_upload.assert_awaited_once()
+
+
+@pytest.fixture
+def mongo_scenes(settings):
+    settings.DATABASE_IS_MONGODB = True
+    collection = mock.AsyncMock()
+    database = mock.MagicMock()
+    database.__getitem__.return_value = collection
+    with mock.patch("downloads.updates.mongo_database", mock.AsyncMock(return_value=database)):
+        yield collection, database
+
+
+async def test_mongodb_claim_updates_by_primary_key_and_status(mongo_scenes):
+    collection, database = mongo_scenes
+    collection.find_one.return_value = {"_id": SCENE_ID, "status": "queued", "source_url": "https://e.com/v",
+                                        "title": "", "attempts": 0, "updated_at": None}
+    collection.update_one.return_value = mock.Mock(matched_count=1)
+
+    claim = await updates.claim(scene_id=SCENE_ID, stale_after=300)
+
+    assert claim.claimed
+    assert claim.source_url == "https://e.com/v"
+    database.__getitem__.assert_called_with(Scene._meta.db_table)
+    assert collection.find_one.await_args.args[0] == {"_id": SCENE_ID}
+    query, operation = collection.update_one.await_args.args
+    assert query == {"_id": SCENE_ID, "status": "queued"}
+    assert operation["$inc"] == {"attempts": 1}
+    assert operation["$set"]["status"] == "processing"
+
+
+async def test_mongodb_update_that_matches_nothing_reports_failure(mongo_scenes):
+    collection, _ = mongo_scenes
+    collection.update_one.return_value = mock.Mock(matched_count=0)
+
+    assert await updates.heartbeat(scene_id=SCENE_ID, progress=40) is False
+    query, operation = collection.update_one.await_args.args
+    assert query == {"_id": SCENE_ID, "status": "processing"}
+    assert operation["$set"]["progress"] == 40
+
+
+async def test_mongodb_error_from_the_driver_propagates(mongo_scenes):
+    from pymongo.errors import ServerSelectionTimeoutError
+
+    collection, _ = mongo_scenes
+    collection.update_one.side_effect = ServerSelectionTimeoutError("no server")
+
+    with pytest.raises(ServerSelectionTimeoutError):
+        await updates.fail(scene_id=SCENE_ID, code="timeout", message="m")
+
+
+async def test_thumbnail_failure_leaves_no_thumbnail(tmp_path: Path, caplog):
+    info = media.MediaInfo(duration=3.0, width=320, height=240, size_bytes=10, video_codec="h264",
+                           audio_codec="aac", content_type="video/mp4")
+
+    with mock.patch("downloads.media.run_captured", return_value=(1, b"", b"Invalid data found")):
+        result = await media.thumbnail(tmp_path / "media.mp4", info, into=tmp_path)
+
+    assert result is None
+    assert "Invalid data found" in caplog.text
+
+
+async def test_thumbnail_seeks_inside_a_short_clip(tmp_path: Path):
+    info = media.MediaInfo(duration=0.5, width=1, height=1, size_bytes=1, video_codec="h264", audio_codec="",
+                           content_type="video/mp4")
+
+    with mock.patch("downloads.media.run_captured", return_value=(1, b"", b"")) as run:
+        await media.thumbnail(tmp_path / "m.mp4", info, into=tmp_path)
+
+    argv = run.await_args.args[0]
+    assert float(argv[argv.index("-ss") + 1]) < 0.5
+
+
+def test_probe_without_streams_is_invalid_media(tmp_path: Path):
+    from downloads.exceptions import InvalidMediaError
+
+    with pytest.raises(InvalidMediaError):
+        media._parse_probe({"streams": [{"codec_type": "data"}], "format": {}}, tmp_path / "x.mp4", 1)
+
+
+async def test_pipeline_calls_carry_the_scene_primary_key(tmp_path: Path):
+    claim = updates.Claim(claimed=True, reason="claimed", source_url="https://e.com/v", attempts=1)
+    media_path = tmp_path / "media.mp4"
+    media_path.write_bytes(b"v")
+    info = media.MediaInfo(duration=3.0, width=320, height=240, size_bytes=1, video_codec="h264",
+                           audio_codec="aac", content_type="video/mp4")
+    store = mock.AsyncMock()
+    with (
+        mock.patch.object(updates, "claim", mock.AsyncMock(return_value=claim)) as claim_call,
+        mock.patch.object(updates, "heartbeat", mock.AsyncMock(return_value=True)) as heartbeat,
+        mock.patch.object(updates, "complete", mock.AsyncMock(return_value=True)) as complete,
+        mock.patch.object(ytdlp, "download", mock.AsyncMock(return_value=ytdlp.DownloadResult(media_path, "T"))),
+        mock.patch.object(media, "probe", mock.AsyncMock(return_value=info)),
+        mock.patch.object(media, "thumbnail", mock.AsyncMock(return_value=None)),
+        mock.patch.object(storage, "get_storage", return_value=store),
+    ):
+        outcome = await pipeline.ingest(scene_id=SCENE_ID)
+
+    assert outcome == "completed"
+    assert claim_call.await_args.kwargs["scene_id"] == SCENE_ID
+    assert {c.kwargs["scene_id"] for c in heartbeat.await_args_list} == {SCENE_ID}
+    assert complete.await_args.kwargs["scene_id"] == SCENE_ID
+    assert complete.await_args.kwargs["fields"]["thumbnail_key"] == ""
+    assert complete.await_args.kwargs["fields"]["title"] == "T"
+    store.upload.assert_awaited_once_with(media_path, key=f"scenes/{SCENE_ID}/media.mp4", content_type="video/mp4")
