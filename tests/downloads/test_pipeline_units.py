@@ -11,7 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from downloads import media, pipeline, storage, updates, ytdlp
-from downloads.exceptions import NotFoundError, StorageError, TooLargeError
+from downloads.exceptions import InternalError, NotFoundError, StorageError, TooLargeError
 from scenes.models import Scene
 
 SCENE_ID = "65f0c0ffee0000000000abcd"
@@ -107,11 +107,13 @@ async def test_ytdlp_failure_is_classified_from_stderr(tmp_path: Path, no_kill):
 async def test_ytdlp_exit_zero_without_a_result_is_not_success(tmp_path: Path, no_kill):
     process = FakeProcess(stdout=["[generic] Extracting URL"], stderr=[], returncode=0)
 
-    with mock.patch("asyncio.create_subprocess_exec", return_value=process), pytest.raises(Exception) as error:
+    with (
+        mock.patch("asyncio.create_subprocess_exec", return_value=process),
+        pytest.raises(InternalError, match="0 files") as error,
+    ):
         await ytdlp.download("https://example.com/x", job_dir=tmp_path)
 
-    assert getattr(error.value, "code", None) == "internal_error"
-    assert "0 files" in str(error.value)
+    assert error.value.code == "internal_error"
 
 
 async def test_hls_download_without_a_total_is_stopped_by_the_folder_size(tmp_path: Path, settings, no_kill):
