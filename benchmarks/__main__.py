@@ -12,6 +12,7 @@ import pkgutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,7 @@ def main(selected: list[str]) -> int:
         except Exception as exc:  # one broken benchmark must not hide the others' figures
             failed += 1
             print(f"{name} FAILED: {exc!r}", file=sys.stderr, flush=True)
+            traceback.print_exc()
         print(f"{name} took {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
     _print_table(rows)
     return 1 if failed else 0

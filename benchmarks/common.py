@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.services import CeleryWorker, redis_server, worker_environment
+from tests.harness.services import CeleryWorker, redis_server, s3_server, worker_environment
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,66 @@ def broker_and_worker(*, concurrency: int, workdir: Path, database_url: str,
             yield broker_url, worker
         finally:
             worker.stop()
+            # The next stack has another broker: drop the pools (a force-closed pool stays closed).
             celery_app.pool.force_close_all()
+            celery_app._pool = None
+            celery_app.amqp._producer_pool = None
 
 
 def scratch_dir(name: str) -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix=f"bench-{name}-")
+
+
+@contextmanager
+def s3_stack(*, concurrency: int, workdir: Path, database_url: str,
+             env: dict[str, str] | None = None) -> Iterator[tuple[str, str, CeleryWorker]]:
+    """moto's S3 server with a bucket, redis and a worker storing there; yields (endpoint, bucket, worker)."""
+    import boto3
+
+    with s3_server(workdir) as endpoint:
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                              aws_access_key_id="bench", aws_secret_access_key="bench")
+        client.create_bucket(Bucket="bench")
+        client.close()
+        s3_env = {"R2_BUCKET": "bench", "R2_ENDPOINT_URL": endpoint, "R2_ACCESS_KEY_ID": "bench",
+                  "R2_SECRET_ACCESS_KEY": "bench", "R2_REGION": "us-east-1", **(env or {})}
+        with broker_and_worker(concurrency=concurrency, workdir=workdir, database_url=database_url,
+                               env=s3_env) as (_, worker):
+            yield endpoint, "bench", worker
+
+
+def ingest_and_wait(urls: list[str], *, timeout: float) -> list[object]:
+    """Create a scene per URL, enqueue them all, wait until every one is terminal; return the scenes."""
+    import time
+
+    from django.contrib.auth import get_user_model
+
+    from downloads.tasks import download_media_task
+    from scenes import services
+    from scenes.models import Scene
+
+    owner, _ = get_user_model().objects.get_or_create(username="bench")
+    scenes = [services.scene_create(owner=owner, source_url=url) for url in urls]
+    for scene in scenes:
+        download_media_task.delay(scene.pk)
+    ids = [scene.pk for scene in scenes]
+    deadline = time.monotonic() + timeout
+    while Scene.objects.filter(pk__in=ids, status__in=[Scene.Status.QUEUED, Scene.Status.PROCESSING]).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"scenes not finished within {timeout}s")
+        time.sleep(0.1)
+    finished = list(Scene.objects.filter(pk__in=ids))
+    failed = [s for s in finished if s.status != Scene.Status.COMPLETED]
+    if failed:
+        raise RuntimeError(f"{len(failed)} scenes failed, e.g. {failed[0].error_code}: {failed[0].error_message}")
+    return finished
+
+
+def looped_video(source: Path, target: Path, *, at_least: int) -> Path:
+    """A valid MP4 of at least ``at_least`` bytes, by stream-copying ``source`` in a loop (seconds, no encoding)."""
+    import subprocess
+
+    loops = max(0, at_least // source.stat().st_size)
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-stream_loop", str(loops),
+                    "-i", str(source), "-c", "copy", "-movflags", "+faststart", str(target)], check=True, timeout=600)
+    return target

@@ -88,10 +88,21 @@ async def ingest(*, scene_id: str) -> str:
 
 async def _run(scene_id: str, claim: updates.Claim, job_dir: Path) -> None:
     reporter = _ProgressReporter(scene_id)
+    steps: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def step(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        steps[name], mark = now - mark, now
+
     result = await ytdlp.download(claim.source_url, job_dir=job_dir, on_progress=reporter)
+    step("download")
     await reporter.stage(Scene.Stage.POSTPROCESSING)
     info = await media.probe(result.path)
+    step("probe")
     thumb = await media.thumbnail(result.path, info, into=job_dir)
+    step("thumbnail")
     await reporter.stage(Scene.Stage.UPLOADING)
     store = storage.get_storage()
     key = storage.media_key(scene_id, result.path.suffix)
@@ -103,6 +114,7 @@ async def _run(scene_id: str, claim: updates.Claim, job_dir: Path) -> None:
             thumb_key = storage.thumbnail_key(scene_id)
         except StorageError as error:  # the thumbnail is best effort; the media is what matters
             logger.warning("ingest %s: thumbnail not stored: %s", scene_id, error.message)
+    step("upload")
     fields: dict[str, Any] = {
         "storage_key": key, "thumbnail_key": thumb_key, "duration": info.duration, "width": info.width,
         "height": info.height, "size_bytes": info.size_bytes, "video_codec": info.video_codec,
@@ -113,7 +125,8 @@ async def _run(scene_id: str, claim: updates.Claim, job_dir: Path) -> None:
     if not await updates.complete(scene_id=scene_id, fields=fields):
         logger.warning("ingest %s: stored, but the scene was moved meanwhile (deleted or taken over)", scene_id)
     else:
-        logger.info("ingest %s: completed, %s bytes at %s", scene_id, info.size_bytes, key)
+        timings = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in steps.items())
+        logger.info("ingest %s: completed, %s bytes at %s (%s)", scene_id, info.size_bytes, key, timings)
 
 
 async def _failed(scene_id: str, error: MediastoreError, attempts: int | None) -> str:

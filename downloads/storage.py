@@ -27,6 +27,7 @@ from downloads.exceptions import StorageError
 logger = logging.getLogger(__name__)
 
 PART_SIZE = 8 * 1024 * 1024  # S3's minimum is 5 MiB for every part but the last
+PARTS_IN_FLIGHT = 4
 
 
 def media_key(scene_id: str, extension: str) -> str:
@@ -92,22 +93,43 @@ class S3Storage:
             raise _storage_error(exc, "start an upload") from exc
         upload_id = created["UploadId"]
         try:
-            parts = []
-            with path.open("rb") as source:
-                number = 1
-                while chunk := await asyncio.to_thread(source.read, PART_SIZE):
-                    answer = await client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                                      PartNumber=number, Body=chunk)
-                    parts.append({"ETag": answer["ETag"], "PartNumber": number})
-                    number += 1
+            parts = await self._upload_parts(client, path, key=key, upload_id=upload_id)
             await client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
                                                    MultipartUpload={"Parts": parts})
         except BaseException as exc:
             # Failure, soft limit or cancellation alike: an open multipart upload is billed storage.
             await asyncio.shield(self._abort(key, upload_id))
-            if isinstance(exc, ClientError | BotoCoreError):
-                raise _storage_error(exc, "store the media") from exc
+            error = bridge.first_real_error(exc)  # a part's failure arrives inside an ExceptionGroup
+            if isinstance(error, ClientError | BotoCoreError):
+                raise _storage_error(error, "store the media") from exc
             raise
+
+    async def _upload_parts(self, client: Any, path: Path, *, key: str, upload_id: str) -> list[dict[str, Any]]:
+        """Read parts in order and keep up to PARTS_IN_FLIGHT uploading: memory is bounded by that many
+        parts, whatever the file's size."""
+        slots = asyncio.Semaphore(PARTS_IN_FLIGHT)
+        parts: list[dict[str, Any]] = []
+
+        async def send(number: int, chunk: bytes) -> None:
+            try:
+                answer = await client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                  PartNumber=number, Body=chunk)
+                parts.append({"ETag": answer["ETag"], "PartNumber": number})
+            finally:
+                slots.release()
+
+        async with asyncio.TaskGroup() as group:
+            with path.open("rb") as source:
+                number = 1
+                while True:
+                    await slots.acquire()
+                    chunk = await asyncio.to_thread(source.read, PART_SIZE)
+                    if not chunk:
+                        slots.release()
+                        break
+                    group.create_task(send(number, chunk))
+                    number += 1
+        return sorted(parts, key=lambda part: int(part["PartNumber"]))
 
     async def _abort(self, key: str, upload_id: str) -> None:
         try:

@@ -179,12 +179,23 @@ async def test_s3_upload_cancelled_midway_aborts(tmp_path: Path):
     path = tmp_path / "media.mp4"
     path.write_bytes(b"a" * 10)
     client = _s3_client()
-    client.upload_part.side_effect = asyncio.CancelledError()
+    part_started = asyncio.Event()
 
-    with mock.patch("downloads.storage.s3_client", return_value=client), pytest.raises(asyncio.CancelledError):
-        await storage.S3Storage("bucket").upload(path, key="k", content_type="x")
+    async def slow_part(**_: object) -> dict[str, str]:
+        part_started.set()
+        await asyncio.sleep(60)
+        return {"ETag": "never"}
 
-    client.abort_multipart_upload.assert_awaited_once()
+    client.upload_part.side_effect = slow_part
+    with mock.patch("downloads.storage.s3_client", return_value=client):
+        upload = asyncio.create_task(storage.S3Storage("bucket").upload(path, key="k", content_type="x"))
+        await part_started.wait()
+        upload.cancel()  # what a soft or hard time limit does
+        with pytest.raises(asyncio.CancelledError):
+            await upload
+
+    client.abort_multipart_upload.assert_awaited_once_with(Bucket="bucket", Key="k", UploadId="up-1")
+    client.complete_multipart_upload.assert_not_awaited()
 
 
 @pytest.fixture

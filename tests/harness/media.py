@@ -12,7 +12,8 @@ Routes (``MediaServer.url(path)``):
 - ``/missing.mp4`` (any unknown path): 404.
 - ``/stall.mp4``: sends the headers and 64 KiB of the video, then sends nothing more.
 - ``/large.mp4`` and ``/large-chunked.mp4``: a larger real video, with and without Content-Length.
-- ``/throttled.mp4?rate=N``: the large video at N bytes per second (default 256 KiB/s).
+- ``/throttled.mp4?rate=N&file=F``: a file of the media folder (default the large video) at N bytes per
+  second (default 256 KiB/s).
 """
 
 from __future__ import annotations
@@ -134,8 +135,14 @@ class _Handler(SimpleHTTPRequestHandler):
     def _throttled(self) -> None:
         query = parse_qs(urlsplit(self.path).query)
         rate = int(query.get("rate", [str(DEFAULT_THROTTLE_RATE)])[0])
-        self._start(self.server.files.large.stat().st_size)
-        self._stream(self.server.files.large, rate=rate)
+        source = self.server.files.large
+        if "file" in query:
+            source = (self.server.files.root / query["file"][0]).resolve()
+            if not source.is_relative_to(self.server.files.root.resolve()) or not source.is_file():
+                self.send_error(HTTPStatus.NOT_FOUND)
+                return
+        self._start(source.stat().st_size)
+        self._stream(source, rate=rate)
 
     def _start(self, length: int) -> None:
         self.send_response(HTTPStatus.OK)
