@@ -11,7 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from downloads import media, pipeline, storage, updates, ytdlp
-from downloads.exceptions import InternalError, NotFoundError, StorageError, TooLargeError
+from downloads.exceptions import InternalError, MediastoreError, NotFoundError, StorageError, TooLargeError
 from scenes.models import Scene
 
 SCENE_ID = "65f0c0ffee0000000000abcd"
@@ -300,3 +300,46 @@ async def test_pipeline_calls_carry_the_scene_primary_key(tmp_path: Path):
     assert complete.await_args.kwargs["fields"]["thumbnail_key"] == ""
     assert complete.await_args.kwargs["fields"]["title"] == "T"
     store.upload.assert_awaited_once_with(media_path, key=f"scenes/{SCENE_ID}/media.mp4", content_type="video/mp4")
+
+
+@pytest.mark.parametrize(("line", "code"), [
+    ("ERROR: [youtube] abc: Private video. Sign in if you've been granted access", "unavailable"),
+    ("ERROR: [youtube] abc: Video unavailable. This video has been removed by the uploader", "unavailable"),
+    ("ERROR: [generic] x: Unable to download webpage: HTTP Error 403: Forbidden", "unavailable"),
+    ("ERROR: [youtube] abc: This live event will begin in 3 hours", "live_stream"),
+    ("ERROR: [generic] x: Unable to download webpage: <urlopen error [Errno 111] Connection refused>",
+     "network_error"),
+    ("ERROR: unable to download video data: HTTP Error 503: Service Unavailable", "network_error"),
+    ("ERROR: [download] Got error: Read timed out.", "timeout"),
+    ("ERROR: something nobody has seen before", "internal_error"),
+])
+def test_ytdlp_errors_are_classified(line: str, code: str):
+    error = ytdlp.classify_error(["WARNING: noise", line])
+
+    assert error.code == code
+    assert "\x1b" not in error.message
+
+
+def test_error_message_is_cleaned_of_control_characters():
+    error = ytdlp.classify_error(["ERROR: Unsupported URL: http://x/\x1b[31mred\x07"])
+
+    assert error.code == "unsupported_url"
+    assert "\x1b" not in error.message
+    assert "\x07" not in error.message
+
+
+@pytest.mark.parametrize(("info", "code"), [
+    ({"is_live": True}, "live_stream"),
+    ({"live_status": "is_upcoming"}, "live_stream"),
+    ({"duration": 5 * 3600}, "too_long"),
+])
+async def test_info_line_refuses_live_and_too_long_media(tmp_path: Path, no_kill, info: dict, code: str):
+    import json as _json
+
+    process = FakeProcess(stdout=[f"{ytdlp.INFO_MARK} {_json.dumps(info)}"], stderr=[], returncode=-9, hang=True)
+    no_kill.side_effect = lambda pid: process.kill()
+
+    with mock.patch("asyncio.create_subprocess_exec", return_value=process), pytest.raises(MediastoreError) as error:
+        await ytdlp.download("https://example.com/x", job_dir=tmp_path)
+
+    assert error.value.code == code

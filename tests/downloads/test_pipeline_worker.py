@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 import boto3
 import pytest
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
 from downloads.tasks import download_media_task
 from scenes import services
@@ -83,6 +85,12 @@ def _open_uploads(bucket) -> list[str]:
     return [u["Key"] for u in client.list_multipart_uploads(Bucket=name).get("Uploads", [])]
 
 
+def _assert_clean(bucket, job_tmp: Path) -> None:
+    """After every ingest: the job's temp folder is gone and no multipart upload is left open."""
+    assert list(job_tmp.iterdir()) == []
+    assert _open_uploads(bucket) == []
+
+
 def _streams(bucket, key: str, tmp_path: Path) -> list[str]:
     client, name = bucket
     target = tmp_path / Path(key).name
@@ -110,8 +118,7 @@ def test_media_is_stored_with_metadata_and_thumbnail(s3_worker, owner, bucket, m
     assert scene.progress == 100
     assert scene.attempts == 1
     assert _streams(bucket, scene.storage_key, tmp_path) == ["audio", "video"]
-    assert list(job_tmp.iterdir()) == []
-    assert _open_uploads(bucket) == []
+    _assert_clean(bucket, job_tmp)
 
 
 def test_audio_only_is_stored_without_thumbnail(s3_worker, owner, bucket, media_server: MediaServer, job_tmp: Path):
@@ -123,7 +130,7 @@ def test_audio_only_is_stored_without_thumbnail(s3_worker, owner, bucket, media_
     assert scene.thumbnail_key == ""
     assert (scene.video_codec, scene.audio_codec, scene.content_type) == ("", "aac", "audio/mp4")
     assert _keys(bucket) == [scene.storage_key]
-    assert list(job_tmp.iterdir()) == []
+    _assert_clean(bucket, job_tmp)
 
 
 @pytest.mark.parametrize(("path", "code"), [("missing.mp4", "not_found"), ("no-media.html", "unsupported_url")])
@@ -136,7 +143,7 @@ def test_permanent_source_errors_fail_with_their_code(s3_worker, owner, bucket, 
     assert (scene.status, scene.error_code, scene.attempts) == (Scene.Status.FAILED, code, 1)
     assert media_server.url(path).split("/")[-1].split(".")[0] in scene.error_message
     assert _keys(bucket) == []
-    assert list(job_tmp.iterdir()) == []
+    _assert_clean(bucket, job_tmp)
 
 
 @pytest.mark.parametrize("path", ["large.mp4", "large-chunked.mp4"])
@@ -149,8 +156,7 @@ def test_oversize_media_fails_too_large_and_stores_nothing(s3_worker, owner, buc
     assert (scene.status, scene.error_code) == (Scene.Status.FAILED, "too_large")
     assert "2097152" in scene.error_message
     assert _keys(bucket) == []
-    assert _open_uploads(bucket) == []
-    assert list(job_tmp.iterdir()) == []
+    _assert_clean(bucket, job_tmp)
 
 
 def test_stalling_source_is_retried_then_fails(s3_worker, owner, bucket, media_server: MediaServer, job_tmp: Path):
@@ -162,10 +168,10 @@ def test_stalling_source_is_retried_then_fails(s3_worker, owner, bucket, media_s
     assert scene.error_code in {"timeout", "network_error"}
     assert scene.attempts == 2  # MEDIA_MAX_ATTEMPTS
     assert _keys(bucket) == []
-    assert list(job_tmp.iterdir()) == []
+    _assert_clean(bucket, job_tmp)
 
 
-def test_throttled_download_reports_progress(s3_worker, owner, media_server: MediaServer):
+def test_throttled_download_reports_progress(s3_worker, owner, bucket, media_server: MediaServer, job_tmp: Path):
     s3_worker()
     scene = services.scene_create(owner=owner, source_url=media_server.url("throttled.mp4?rate=1500000"))
 
@@ -183,9 +189,10 @@ def test_throttled_download_reports_progress(s3_worker, owner, media_server: Med
 
     assert current.status == Scene.Status.COMPLETED
     assert len(seen - {0, 100}) >= 2, f"progress values seen while downloading: {sorted(seen)}"
+    _assert_clean(bucket, job_tmp)
 
 
-def test_running_the_task_twice_stores_one_copy(s3_worker, owner, bucket, media_server: MediaServer):
+def test_running_the_task_twice_stores_one_copy(s3_worker, owner, bucket, media_server: MediaServer, job_tmp: Path):
     s3_worker()
     scene = _ingest(owner, media_server.url("video.mp4"))
     first_completed_at = scene.completed_at
@@ -196,9 +203,10 @@ def test_running_the_task_twice_stores_one_copy(s3_worker, owner, bucket, media_
     assert outcome == "already_completed"
     assert scene.completed_at == first_completed_at
     assert _keys(bucket) == sorted([scene.storage_key, scene.thumbnail_key])
+    _assert_clean(bucket, job_tmp)
 
 
-def test_concurrent_deliveries_complete_once(s3_worker, owner, bucket, media_server: MediaServer):
+def test_concurrent_deliveries_complete_once(s3_worker, owner, bucket, media_server: MediaServer, job_tmp: Path):
     s3_worker()
     scene = services.scene_create(owner=owner, source_url=media_server.url("video.mp4"))
 
@@ -208,9 +216,11 @@ def test_concurrent_deliveries_complete_once(s3_worker, owner, bucket, media_ser
     assert outcomes == ["busy", "completed"]
     assert scene.attempts == 1
     assert _keys(bucket) == sorted([scene.storage_key, scene.thumbnail_key])
+    _assert_clean(bucket, job_tmp)
 
 
-@pytest.mark.parametrize("path", ["video.mp4", "dash/manifest.mpd"])
+@pytest.mark.parametrize("path", ["video.mp4", "hls/index.m3u8", "dash/manifest.mpd", "video-page.html",
+                                  "og-page.html", "audio.m4a"])
 def test_local_folder_storage_stores_media(start_worker, owner, media_server: MediaServer, tmp_path: Path,
                                            job_tmp: Path, path: str):
     start_worker(env={**LIMITS, "TMPDIR": str(job_tmp)})
@@ -220,7 +230,8 @@ def test_local_folder_storage_stores_media(start_worker, owner, media_server: Me
     media_root = tmp_path / "worker-data" / "media"
     assert scene.status == Scene.Status.COMPLETED
     stored = sorted(str(p.relative_to(media_root)) for p in media_root.rglob("*") if p.is_file())
-    assert stored == sorted([scene.storage_key, scene.thumbnail_key])
+    assert stored == sorted(key for key in [scene.storage_key, scene.thumbnail_key] if key)
+    assert bool(scene.thumbnail_key) == (path != "audio.m4a")
     assert (media_root / scene.storage_key).stat().st_size == scene.size_bytes
     assert list(job_tmp.iterdir()) == []
 
@@ -231,7 +242,8 @@ def fault_proxy(s3_endpoint: str):
         yield proxy
 
 
-def test_s3_answering_503_twice_then_200_completes(s3_worker, owner, bucket, fault_proxy, media_server: MediaServer):
+def test_s3_answering_503_twice_then_200_completes(s3_worker, owner, bucket, fault_proxy, media_server: MediaServer,
+                                                   job_tmp: Path):
     fault_proxy.fail(503, times=2, when=is_upload_part)
     s3_worker(R2_ENDPOINT_URL=fault_proxy.url)
 
@@ -240,7 +252,7 @@ def test_s3_answering_503_twice_then_200_completes(s3_worker, owner, bucket, fau
     assert scene.status == Scene.Status.COMPLETED
     assert [status for _, _, status in fault_proxy.injected] == [503, 503]
     assert _keys(bucket) == sorted([scene.storage_key, scene.thumbnail_key])
-    assert _open_uploads(bucket) == []
+    _assert_clean(bucket, job_tmp)
 
 
 def test_s3_refusing_with_403_fails_storage_error_without_retry(s3_worker, owner, bucket, fault_proxy,
@@ -254,5 +266,43 @@ def test_s3_refusing_with_403_fails_storage_error_without_retry(s3_worker, owner
     assert "AccessDenied" in scene.error_message
     assert len(fault_proxy.injected) == 1  # a 4xx is not retried, by botocore or by us
     assert _keys(bucket) == []
-    assert _open_uploads(bucket) == []  # the multipart upload was aborted
-    assert list(job_tmp.iterdir()) == []
+    _assert_clean(bucket, job_tmp)  # the multipart upload was aborted
+
+
+def test_file_without_media_streams_fails_invalid_media(s3_worker, owner, bucket, media_server: MediaServer,
+                                                       job_tmp: Path):
+    s3_worker()
+
+    scene = _ingest(owner, media_server.url("not-media.mp4"))
+
+    assert (scene.status, scene.error_code) == (Scene.Status.FAILED, "invalid_media")
+    assert _keys(bucket) == []
+    _assert_clean(bucket, job_tmp)
+
+
+def test_processing_scene_with_stale_heartbeat_is_taken_over(s3_worker, owner, bucket, media_server: MediaServer,
+                                                            job_tmp: Path):
+    s3_worker(MEDIA_STALE_AFTER="60")
+    scene = services.scene_create(owner=owner, source_url=media_server.url("video.mp4"))
+    # As a worker killed mid-download leaves it: processing, attempt 1, heartbeat ten minutes old.
+    Scene.objects.filter(pk=scene.pk).update(status=Scene.Status.PROCESSING, attempts=1,
+                                             updated_at=timezone.now() - dt.timedelta(minutes=10))
+
+    outcome = download_media_task.delay(scene.pk).get(timeout=90)
+
+    scene.refresh_from_db()
+    assert outcome == "completed"
+    assert (scene.status, scene.attempts) == (Scene.Status.COMPLETED, 2)
+    _assert_clean(bucket, job_tmp)
+
+
+def test_processing_scene_with_fresh_heartbeat_is_left_alone(s3_worker, owner, media_server: MediaServer):
+    s3_worker(MEDIA_STALE_AFTER="60")
+    scene = services.scene_create(owner=owner, source_url=media_server.url("video.mp4"))
+    Scene.objects.filter(pk=scene.pk).update(status=Scene.Status.PROCESSING, attempts=1, updated_at=timezone.now())
+
+    outcome = download_media_task.delay(scene.pk).get(timeout=90)
+
+    scene.refresh_from_db()
+    assert outcome == "busy"
+    assert (scene.status, scene.attempts) == (Scene.Status.PROCESSING, 1)

@@ -4,6 +4,7 @@ Routes (``MediaServer.url(path)``):
 
 - ``/video.mp4``: H.264 + AAC, 3 s, 320x240, Content-Length set.
 - ``/audio.m4a``: AAC only.
+- ``/not-media.mp4``: bytes that are no media at all, served as video/mp4.
 - ``/hls/index.m3u8``: the video as HLS (1 s segments).
 - ``/dash/manifest.mpd``: DASH with separate video and audio adaptation sets, as v.redd.it serves them.
 - ``/video-page.html``: a ``<video src>`` pointing at ``/video.mp4``.
@@ -82,6 +83,7 @@ def generate_media(root: Path) -> MediaFiles:
     _ffmpeg("-i", str(root / "video.mp4"), "-map", "0:v", "-map", "0:a", "-c", "copy", "-f", "dash",
             "-adaptation_sets", "id=0,streams=v id=1,streams=a", "-seg_duration", "1",
             str(root / "dash" / "manifest.mpd"))
+    (root / "not-media.mp4").write_bytes(bytes(range(256)) * 400)
     (root / "video-page.html").write_text(
         "<!doctype html><html><head><title>A page with a video</title></head><body>"
         '<video controls src="/video.mp4"></video></body></html>'
