@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.services import CeleryWorker, redis_server, s3_server, worker_environment
+from tests.harness.services import CeleryWorker, celery_broker, redis_server, s3_server, worker_environment
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,7 @@ class Result:
 def broker_and_worker(*, concurrency: int, workdir: Path, database_url: str,
                       env: dict[str, str] | None = None) -> Iterator[tuple[str, CeleryWorker]]:
     """A throwaway redis-server and one ``-P gevent`` worker on it; both stopped afterwards."""
-    from mediastore import celery_app
-
-    with redis_server(workdir / "redis") as broker_url:
-        celery_app.conf.broker_url = broker_url
+    with redis_server(workdir / "redis") as broker_url, celery_broker(broker_url):
         worker = CeleryWorker(
             env=worker_environment(broker_url=broker_url, database_url=database_url, data_dir=workdir / "data",
                                    extra=env),
@@ -50,10 +47,6 @@ def broker_and_worker(*, concurrency: int, workdir: Path, database_url: str,
             yield broker_url, worker
         finally:
             worker.stop()
-            # The next stack has another broker: drop the pools (a force-closed pool stays closed).
-            celery_app.pool.force_close_all()
-            celery_app._pool = None
-            celery_app.amqp._producer_pool = None
 
 
 def scratch_dir(name: str) -> tempfile.TemporaryDirectory[str]:

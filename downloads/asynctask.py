@@ -41,7 +41,10 @@ class AsyncTask(Task):  # type: ignore[type-arg]
             return bridge.run(body, soft_limit=soft_limit)
         except RetryLater as later:
             # Retrying needs Celery's request context, which only this (sync) side has.
-            raise self.retry(exc=later.error, countdown=later.countdown, max_retries=None) from later
+            if later.countdown is not None:
+                raise self.retry(exc=later.error, countdown=later.countdown, max_retries=None) from later
+            backoff = min(300.0, 2.0 ** (self.request.retries + 1))
+            raise self.retry(exc=later.error, countdown=backoff) from later
 
     def _soft_time_limit(self) -> float | None:
         # Per-call limits travel in the request as (hard, soft); then the task's own; then the app's.

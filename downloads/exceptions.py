@@ -101,9 +101,13 @@ class StorageError(MediastoreError):
 
 
 class RetryLater(Exception):
-    """A transient failure with attempts left: the task should run again after ``countdown`` seconds."""
+    """A transient failure with attempts left: the task should run again after ``countdown`` seconds.
 
-    def __init__(self, error: MediastoreError, countdown: float) -> None:
+    Without a countdown the task's own retry count sets an exponential backoff and its ``max_retries``
+    caps the attempts (the download task counts attempts on the scene instead).
+    """
+
+    def __init__(self, error: MediastoreError, countdown: float | None = None) -> None:
         super().__init__(error.message)
         self.error = error
         self.countdown = countdown

@@ -123,7 +123,12 @@ async def _run(scene_id: str, claim: updates.Claim, job_dir: Path) -> None:
     if not claim.title and result.title:
         fields["title"] = result.title
     if not await updates.complete(scene_id=scene_id, fields=fields):
-        logger.warning("ingest %s: stored, but the scene was moved meanwhile (deleted or taken over)", scene_id)
+        if not await updates.exists(scene_id=scene_id):
+            # Deleted while we worked: its deletion task may have run before this upload; leave nothing.
+            removed = await store.delete_prefix(storage.scene_prefix(scene_id))
+            logger.info("ingest %s: the scene was deleted meanwhile; removed %d stored objects", scene_id, removed)
+        else:
+            logger.warning("ingest %s: stored, but the scene was moved meanwhile (taken over)", scene_id)
     else:
         timings = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in steps.items())
         logger.info("ingest %s: completed, %s bytes at %s (%s)", scene_id, info.size_bytes, key, timings)
@@ -140,3 +145,15 @@ async def _failed(scene_id: str, error: MediastoreError, attempts: int | None) -
     logger.warning("ingest %s: failed with %s: %s", scene_id, error.code, error.message)
     await updates.fail(scene_id=scene_id, code=error.code, message=error.message)
     return "failed"
+
+
+async def delete_objects(*, scene_id: str) -> int:
+    """Delete everything stored under a scene's prefix; transient store errors ask for a retry."""
+    try:
+        removed = await storage.get_storage().delete_prefix(storage.scene_prefix(scene_id))
+    except StorageError as error:
+        if error.retryable:
+            raise RetryLater(error) from error
+        raise
+    logger.info("delete %s: removed %d stored objects", scene_id, removed)
+    return removed

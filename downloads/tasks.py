@@ -52,6 +52,12 @@ async def download_media_task(mongo_db_id: str) -> str:
     return await pipeline.ingest(scene_id=mongo_db_id)
 
 
+@celery_app.task(base=AsyncTask, name="downloads.delete_scene_objects_task", max_retries=10)
+async def delete_scene_objects_task(scene_id: str) -> int:
+    """Delete every stored object of a deleted scene; retried with backoff while the store fails."""
+    return await pipeline.delete_objects(scene_id=scene_id)
+
+
 @celery_app.task(name="downloads.worker_info")
 def worker_info() -> dict[str, Any]:
     """What this worker runs: package versions, for ``ping_worker`` and pipeline checks."""

@@ -162,3 +162,7 @@ async def requeue_for_retry(*, scene_id: str, code: str, message: str) -> bool:
     changes = {"status": Status.QUEUED, "stage": Scene.Stage.NONE, "progress": None, "error_code": code,
                "error_message": message, "updated_at": timezone.now()}
     return await _scenes().update(scene_id, where={"status": Status.PROCESSING}, changes=changes) == 1
+
+
+async def exists(*, scene_id: str) -> bool:
+    return await _scenes().read(scene_id) is not None

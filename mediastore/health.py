@@ -1,7 +1,11 @@
-"""Liveness: answers while the process can serve requests; it checks nothing behind it."""
+"""Liveness (``/healthz``: the process answers) and readiness (``/readyz``: what it needs answers too)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_safe
 
@@ -9,3 +13,45 @@ from django.views.decorators.http import require_safe
 @require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
+
+
+@require_safe
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness: the database, the broker and the object store answer; 503 names what does not."""
+    checks = {"database": _database, "broker": _broker, "storage": _storage}
+    results: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            check()
+            results[name] = "ok"
+        except Exception as exc:  # any failure is the answer, reported by name
+            results[name] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+    ready = all(value == "ok" for value in results.values())
+    return JsonResponse({"status": "ready" if ready else "not ready", "checks": results}, status=200 if ready else 503)
+
+
+def _database() -> None:
+    from django.db import connection
+
+    connection.ensure_connection()
+    if not settings.DATABASE_IS_MONGODB:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+
+
+def _broker() -> None:
+    from mediastore.celery import app
+
+    with app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=3)
+
+
+def _storage() -> None:
+    if settings.R2_BUCKET:
+        from scenes.links import _signer
+
+        _signer().head_bucket(Bucket=settings.R2_BUCKET)
+    else:
+        Path(settings.MEDIA_ROOT).mkdir(parents=True, exist_ok=True)
+        if not os.access(settings.MEDIA_ROOT, os.W_OK):
+            raise PermissionError(f"{settings.MEDIA_ROOT} is not writable")

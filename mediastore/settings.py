@@ -5,6 +5,7 @@ A bad value stops start-up with ``ImproperlyConfigured`` naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import shutil
@@ -150,6 +151,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "EXCEPTION_HANDLER": "scenes.api.error_envelope_handler",
 }
 
 # --- Celery ---------------------------------------------------------------------------------------------
@@ -207,6 +209,28 @@ if MEDIA_DOWNLOAD_TIMEOUT >= CELERY_TASK_SOFT_TIME_LIMIT:
         f"MEDIA_DOWNLOAD_TIMEOUT ({MEDIA_DOWNLOAD_TIMEOUT:g}s) must be below CELERY_TASK_SOFT_TIME_LIMIT "
         f"({CELERY_TASK_SOFT_TIME_LIMIT:g}s), so a slow download fails with 'timeout' before the task is cut off"
     )
+
+# --- Cache (throttle counters) ----------------------------------------------------------------------------
+# Per process by default; set CACHE_URL=redis://… so every web process counts against the same limit.
+CACHE_URL = env_url("CACHE_URL", None, schemes=("redis", "rediss"))
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+    if CACHE_URL
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
+
+# --- Submissions ----------------------------------------------------------------------------------------
+# CIDRs a submitted URL may resolve to although they are not global (tests: the loopback media server).
+MEDIA_ALLOWED_NETWORKS = env_list("MEDIA_ALLOWED_NETWORKS", [])
+for _network in MEDIA_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"MEDIA_ALLOWED_NETWORKS: {_network!r} is not a CIDR such as 10.0.0.0/8") from None
+MEDIA_ALLOWED_NETWORKS = [str(ipaddress.ip_network(n, strict=False)) for n in MEDIA_ALLOWED_NETWORKS]
+# When set, only these domains (and their subdomains) may be submitted.
+MEDIA_ALLOWED_HOSTS = env_list("MEDIA_ALLOWED_HOSTS", [])
+MEDIA_STORE_RATE = env_str("MEDIA_STORE_RATE", "60/min")
 
 # --- Logging --------------------------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

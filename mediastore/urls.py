@@ -1,11 +1,32 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+from rest_framework.routers import DefaultRouter
 
-from mediastore.health import healthz
+from mediastore.health import healthz, readyz
+from scenes.api import MediaStoreView, ProjectViewSet, SceneViewSet
+from scenes.views import scene_file
+
+
+class OptionalSlashRouter(DefaultRouter):
+    """``/api/v1/scenes/`` and ``/api/v1/scenes/<id>`` as the contract writes them, with or without a slash."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trailing_slash = "/?"
+
+
+router = OptionalSlashRouter()
+router.register("scenes", SceneViewSet, basename="scene")
+router.register("projects", ProjectViewSet, basename="project")
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("accounts/", include("django.contrib.auth.urls")),
     path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("api/v1/media/store", MediaStoreView.as_view(), name="media-store"),
+    path("api/v1/", include(router.urls)),
+    path("files/scenes/<str:scene_id>/<str:kind>", scene_file, name="scene-file"),
 ]

@@ -7,14 +7,19 @@ gets ``SceneStateConflict`` and stops instead of overwriting what the other part
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth.models import User
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from scenes.models import Project, Scene
+
+logger = logging.getLogger(__name__)
 
 Status = Scene.Status
 
@@ -40,6 +45,12 @@ def _transition(*, scene_id: str, from_statuses: Iterable[str], **changes: Any) 
 
 def project_create(*, owner: User, name: str) -> Project:
     return Project.objects.create(owner=owner, name=name)
+
+
+def project_rename(*, project: Project, name: str) -> Project:
+    Project.objects.filter(pk=project.pk).update(name=name, updated_at=timezone.now())
+    project.refresh_from_db()
+    return project
 
 
 def scene_create(
@@ -89,8 +100,9 @@ def scene_fail(*, scene_id: str, error_code: str, error_message: str) -> None:
     )
 
 
-def scene_requeue(*, scene_id: str) -> None:
+def scene_requeue(*, scene_id: str, task_id: str = "") -> None:
     """failed → queued, clearing the last attempt's error and progress."""
+    extra = {"task_id": task_id} if task_id else {}
     _transition(
         scene_id=scene_id,
         from_statuses=[Status.FAILED],
@@ -99,4 +111,76 @@ def scene_requeue(*, scene_id: str) -> None:
         progress=None,
         error_code="",
         error_message="",
+        **extra,
     )
+
+
+def _enqueue_after_commit(*, task: Any, args: list[Any], task_id: str) -> None:
+    """Publish once the row is committed. A broker that is down loses nothing: the scene stays queued and
+    the re-queue sweeper (``requeue_stuck``) sends it again later."""
+
+    def publish() -> None:
+        try:
+            task.apply_async(args=args, task_id=task_id, retry=False)
+        except Exception:  # kombu's OperationalError, a refused or timed-out connection, …
+            logger.warning("enqueue of %s%s failed; it stays queued for the sweeper", task.name, args, exc_info=True)
+
+    transaction.on_commit(publish)
+
+
+def scene_store(
+    *, owner: User, source_url: str, project: Project | None = None, scene: Scene | None = None, title: str = ""
+) -> Scene:
+    """Create a scene (or re-ingest one of the caller's own) as ``queued`` and enqueue its download."""
+    from downloads.tasks import download_media_task
+
+    task_id = str(uuid.uuid4())
+    with transaction.atomic():
+        if scene is None:
+            scene = Scene.objects.create(owner=owner, source_url=source_url, project=project, title=title,
+                                         task_id=task_id)
+        else:
+            changes: dict[str, Any] = {"source_url": source_url, "task_id": task_id, "project": project}
+            if title:
+                changes["title"] = title
+            # A scene being processed right now is not restarted under the worker's feet.
+            _transition(scene_id=scene.pk, from_statuses=[Status.QUEUED, Status.COMPLETED, Status.FAILED],
+                        status=Status.QUEUED, stage=Scene.Stage.NONE, progress=None, error_code="",
+                        error_message="", **changes)
+            scene.refresh_from_db()
+        _enqueue_after_commit(task=download_media_task, args=[scene.pk], task_id=task_id)
+    return scene
+
+
+def scene_retry(*, scene: Scene) -> Scene:
+    """failed → queued and enqueue; any other status conflicts (so a double retry queues one task)."""
+    from downloads.tasks import download_media_task
+
+    task_id = str(uuid.uuid4())
+    with transaction.atomic():
+        scene_requeue(scene_id=scene.pk, task_id=task_id)
+        _enqueue_after_commit(task=download_media_task, args=[scene.pk], task_id=task_id)
+    scene.refresh_from_db()
+    return scene
+
+
+def scene_delete(*, scene: Scene) -> None:
+    """Delete the scene and, through a retried task, every object stored for it."""
+    from downloads.tasks import delete_scene_objects_task
+
+    scene_id = scene.pk
+    with transaction.atomic():
+        scene.delete()
+        _enqueue_after_commit(task=delete_scene_objects_task, args=[scene_id], task_id=str(uuid.uuid4()))
+
+
+def project_delete(*, project: Project) -> None:
+    """Delete the project, its scenes and their stored objects."""
+    from downloads.tasks import delete_scene_objects_task
+
+    with transaction.atomic():
+        scene_ids = list(project.scenes.values_list("pk", flat=True))
+        project.scenes.all().delete()
+        project.delete()
+        for scene_id in scene_ids:
+            _enqueue_after_commit(task=delete_scene_objects_task, args=[scene_id], task_id=str(uuid.uuid4()))

@@ -110,3 +110,28 @@ def worker_environment(*, broker_url: str, database_url: str, data_dir: Path,
     if extra:
         env.update(extra)
     return env
+
+
+@contextmanager
+def celery_broker(url: str) -> Iterator[None]:
+    """Point this process's Celery app at ``url`` for a while, then back.
+
+    kombu keeps producer pools in a global registry per connection; a pool closed by force would be
+    handed out again, so the registry is reset instead.
+    """
+    from kombu import pools
+
+    from mediastore import celery_app
+
+    def switch(to: str) -> None:
+        pools.reset()
+        celery_app._pool = None
+        celery_app.amqp._producer_pool = None
+        celery_app.conf.broker_url = to
+
+    previous = celery_app.conf.broker_url
+    switch(url)
+    try:
+        yield
+    finally:
+        switch(previous)

@@ -1,0 +1,203 @@
+"""The REST API, v1. Views parse and check input, then call services; no business logic here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db.models import QuerySet
+from django.http import Http404
+from rest_framework import exceptions, mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import UserRateThrottle
+from rest_framework.views import APIView, exception_handler
+
+from scenes import selectors, services
+from scenes.links import media_url, thumbnail_url
+from scenes.models import Project, Scene
+from scenes.services import SceneStateConflict
+from scenes.validators import UrlRejected, validate_media_url
+
+
+class ApiError(exceptions.APIException):
+    def __init__(self, *, status_code: int, code: str, message: str, fields: dict[str, Any] | None = None) -> None:
+        super().__init__(detail=message, code=code)
+        self.status_code = status_code
+        self.fields = fields or {}
+
+
+_CODES = {
+    exceptions.NotAuthenticated: "not_authenticated",
+    exceptions.AuthenticationFailed: "authentication_failed",
+    exceptions.PermissionDenied: "permission_denied",
+    exceptions.NotFound: "not_found",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.Throttled: "throttled",
+    exceptions.ParseError: "malformed_request",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+}
+
+
+def error_envelope_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """Every 4xx as ``{"error": {"code", "message", "fields"}}``; DRF's headers (Retry-After …) are kept."""
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    fields: dict[str, Any] = {}
+    if isinstance(exc, ApiError):
+        code, message, fields = str(exc.get_codes()), str(exc.detail), exc.fields
+    elif isinstance(exc, exceptions.ValidationError):
+        code, message = "invalid", "Some fields are not valid."
+        fields = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+    else:
+        code = next((c for t, c in _CODES.items() if isinstance(exc, t)), "error")
+        message = str(getattr(exc, "detail", exc))
+    response.data = {"error": {"code": code, "message": message, "fields": fields}}
+    return response
+
+
+class StoreThrottle(UserRateThrottle):
+    scope = "media_store"
+
+    def get_rate(self) -> str:
+        return str(settings.MEDIA_STORE_RATE)  # read per request, so an operator's setting applies
+
+
+class Pagination(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+class SceneSerializer(serializers.ModelSerializer[Scene]):
+    project = serializers.CharField(source="project_id", read_only=True, allow_null=True)
+    media_url = serializers.SerializerMethodField()
+    thumbnail_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Scene
+        fields = [
+            "id", "project", "source_url", "status", "stage", "progress", "title", "duration", "width",
+            "height", "size_bytes", "video_codec", "audio_codec", "content_type", "storage_key", "media_url",
+            "thumbnail_key", "thumbnail_url", "error_code", "error_message", "attempts", "task_id",
+            "created_at", "started_at", "completed_at", "updated_at",
+        ]
+        read_only_fields = fields
+
+    def get_media_url(self, scene: Scene) -> str | None:
+        return media_url(scene, request=self.context.get("request"))
+
+    def get_thumbnail_url(self, scene: Scene) -> str | None:
+        return thumbnail_url(scene, request=self.context.get("request"))
+
+
+class StoreSerializer(serializers.Serializer[Any]):
+    url = serializers.CharField(max_length=10_000, trim_whitespace=True)
+    project = serializers.CharField(required=False, allow_null=True, max_length=24)
+    scene = serializers.CharField(required=False, allow_null=True, max_length=24)
+    title = serializers.CharField(required=False, allow_blank=True, max_length=500, default="")
+
+
+class ProjectSerializer(serializers.ModelSerializer[Project]):
+    class Meta:
+        model = Project
+        fields = ["id", "name", "created_at", "updated_at"]
+        read_only_fields = ["id", "created_at", "updated_at"]
+
+
+def _owned(queryset: QuerySet[Any], user: User, pk: str | None) -> Any:
+    """The caller's own object (staff: anyone's); someone else's id is a 404, never a 403."""
+    if pk is None:
+        return None
+    if not user.is_staff:
+        queryset = queryset.filter(owner=user)
+    try:
+        return queryset.get(pk=pk)
+    except queryset.model.DoesNotExist as exc:
+        raise exceptions.NotFound() from exc
+
+
+class MediaStoreView(APIView):
+    throttle_classes = [StoreThrottle]
+
+    def post(self, request: Request) -> Response:
+        payload = StoreSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        try:
+            url = validate_media_url(data["url"])
+        except UrlRejected as rejected:
+            raise ApiError(status_code=rejected.status, code=rejected.code, message=rejected.message,
+                           fields={"url": [rejected.message]}) from rejected
+        user = request.user
+        assert isinstance(user, User)
+        project = _owned(Project.objects.all(), user, data.get("project"))
+        scene = _owned(Scene.objects.all(), user, data.get("scene"))
+        try:
+            scene = services.scene_store(owner=user, source_url=url, project=project, scene=scene,
+                                         title=data.get("title", ""))
+        except SceneStateConflict as conflict:
+            message = "The scene is being processed right now; try again when it has finished."
+            raise ApiError(status_code=409, code="conflict", message=message) from conflict
+        body = SceneSerializer(scene, context={"request": request}).data
+        return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": f"/api/v1/scenes/{scene.pk}"})
+
+
+class SceneViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, mixins.DestroyModelMixin,
+                   viewsets.GenericViewSet[Scene]):
+    serializer_class = SceneSerializer
+    pagination_class = Pagination
+
+    def get_queryset(self) -> QuerySet[Scene]:
+        user = self.request.user
+        assert isinstance(user, User)
+        status_filter = self.request.query_params.get("status") or None
+        if status_filter is not None and status_filter not in Scene.Status.values:
+            raise ApiError(status_code=400, code="invalid", message="Unknown status.",
+                           fields={"status": [f"Choose one of {', '.join(Scene.Status.values)}."]})
+        return selectors.scene_list(owner=None if user.is_staff else user, status=status_filter,
+                                    project_id=self.request.query_params.get("project") or None)
+
+    def perform_destroy(self, instance: Scene) -> None:
+        services.scene_delete(scene=instance)
+
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str | None = None) -> Response:
+        scene = self.get_object()
+        try:
+            scene = services.scene_retry(scene=scene)
+        except SceneStateConflict as conflict:
+            raise ApiError(status_code=409, code="conflict",
+                           message=f"Only failed scenes can be retried; this one is {scene.status}.") from conflict
+        return Response(self.get_serializer(scene).data, status=status.HTTP_202_ACCEPTED)
+
+
+class ProjectViewSet(viewsets.ModelViewSet[Project]):
+    serializer_class = ProjectSerializer
+    pagination_class = Pagination
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def get_queryset(self) -> QuerySet[Project]:
+        user = self.request.user
+        assert isinstance(user, User)
+        projects = Project.objects.order_by("-created_at")
+        return projects if user.is_staff else projects.filter(owner=user)
+
+    def perform_create(self, serializer: serializers.BaseSerializer[Project]) -> None:
+        user = self.request.user
+        assert isinstance(user, User)
+        serializer.instance = services.project_create(owner=user, name=serializer.validated_data["name"])
+
+    def perform_update(self, serializer: serializers.BaseSerializer[Project]) -> None:
+        assert serializer.instance is not None
+        serializer.instance = services.project_rename(project=serializer.instance,
+                                                      name=serializer.validated_data["name"])
+
+    def perform_destroy(self, instance: Project) -> None:
+        services.project_delete(project=instance)

@@ -1,0 +1,44 @@
+"""Where a client fetches a scene's media: the public R2 URL, a presigned S3 URL, or the app itself."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from django.conf import settings
+from django.urls import reverse
+
+from scenes.models import Scene
+
+PRESIGNED_SECONDS = 3600
+
+
+@lru_cache(maxsize=1)
+def _signer() -> Any:
+    # A sync botocore client only signs URLs locally; it never talks to the store.
+    import botocore.session
+
+    return botocore.session.get_session().create_client(
+        "s3", endpoint_url=settings.R2_ENDPOINT_URL, region_name=settings.R2_REGION,
+        aws_access_key_id=settings.R2_ACCESS_KEY_ID, aws_secret_access_key=settings.R2_SECRET_ACCESS_KEY,
+    )
+
+
+def _link(scene: Scene, key: str, kind: str, request: Any) -> str | None:
+    if not key:
+        return None
+    if settings.R2_PUBLIC_BASE_URL:
+        return f"{settings.R2_PUBLIC_BASE_URL.rstrip('/')}/{key}"
+    if settings.R2_BUCKET:
+        return str(_signer().generate_presigned_url(
+            "get_object", Params={"Bucket": settings.R2_BUCKET, "Key": key}, ExpiresIn=PRESIGNED_SECONDS))
+    path = reverse("scene-file", kwargs={"scene_id": scene.pk, "kind": kind})
+    return request.build_absolute_uri(path) if request is not None else path
+
+
+def media_url(scene: Scene, *, request: Any = None) -> str | None:
+    return _link(scene, scene.storage_key, "media", request)
+
+
+def thumbnail_url(scene: Scene, *, request: Any = None) -> str | None:
+    return _link(scene, scene.thumbnail_key, "thumbnail", request)

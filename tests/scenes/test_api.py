@@ -1,0 +1,204 @@
+"""The v1 REST API: validation, isolation between users, status codes and the error envelope."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+from django.contrib.auth import get_user_model
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from scenes import services
+from scenes.models import Project, Scene
+from tests.harness.services import celery_broker
+
+PUBLIC_URL = "http://93.184.216.34/video.mp4"  # a global address: resolving it needs no DNS
+DEAD_BROKER = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+
+
+def _client(user) -> APIClient:
+    client = APIClient()
+    token, _ = Token.objects.get_or_create(user=user)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+@pytest.fixture
+def alice(db):
+    return get_user_model().objects.create_user("alice")
+
+
+@pytest.fixture
+def bob(db):
+    return get_user_model().objects.create_user("bob")
+
+
+def _queued_task_ids(broker_url: str) -> list[str]:
+    client = redis.Redis.from_url(broker_url)
+    try:
+        return [json.loads(raw)["headers"]["id"] for raw in client.lrange("celery", 0, -1)]
+    finally:
+        client.close()
+
+
+def test_anonymous_requests_are_refused_with_the_envelope(client):
+    response = client.get("/api/v1/scenes/")
+
+    assert response.status_code in {401, 403}
+    assert response.json()["error"]["code"] in {"not_authenticated", "permission_denied"}
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/v.mp4", "-x", "https://example.com/" + "a" * 3000,
+                                 "https:///no-host", "not a url"])
+def test_malformed_urls_are_400_invalid_url(alice, url: str):
+    response = _client(alice).post("/api/v1/media/store", {"url": url}, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_url"
+    assert "url" in response.json()["error"]["fields"]
+    assert not Scene.objects.exists()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1/v.mp4", "http://10.0.0.8/v.mp4",
+                                 "http://169.254.169.254/latest/meta-data/", "http://[::1]/v.mp4",
+                                 "http://2130706433/v.mp4", "http://[::ffff:127.0.0.1]/v.mp4"])
+def test_urls_into_our_own_network_are_422_url_not_allowed(alice, url: str):
+    response = _client(alice).post("/api/v1/media/store", {"url": url}, format="json")
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "url_not_allowed"
+    assert not Scene.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_store_answers_202_with_location_and_queues_the_scene_id(broker_url: str):
+    alice = get_user_model().objects.create_user("alice")
+
+    response = _client(alice).post("/api/v1/media/store", {"url": PUBLIC_URL, "title": "Holiday"}, format="json")
+
+    assert response.status_code == 202
+    body = response.json()
+    assert response["Location"] == f"/api/v1/scenes/{body['id']}"
+    assert (body["status"], body["title"], body["source_url"]) == ("queued", "Holiday", PUBLIC_URL)
+    assert _queued_task_ids(broker_url) == [body["task_id"]]
+    message = json.loads(redis.Redis.from_url(broker_url).lrange("celery", 0, -1)[0])
+    assert message["headers"]["argsrepr"] == repr([body["id"]])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_store_still_answers_202_when_the_broker_is_down(broker_url: str):
+    alice = get_user_model().objects.create_user("alice")
+
+    with celery_broker(DEAD_BROKER):
+        response = _client(alice).post("/api/v1/media/store", {"url": PUBLIC_URL}, format="json")
+
+    assert response.status_code == 202
+    assert Scene.objects.get(pk=response.json()["id"]).status == Scene.Status.QUEUED
+
+
+def test_store_into_a_project_and_rename_it(alice):
+    api = _client(alice)
+    project = api.post("/api/v1/projects/", {"name": "Trips"}, format="json").json()
+
+    stored = api.post("/api/v1/media/store", {"url": PUBLIC_URL, "project": project["id"]}, format="json")
+    renamed = api.patch(f"/api/v1/projects/{project['id']}", {"name": "Travel"}, format="json")
+
+    assert stored.status_code == 202
+    assert stored.json()["project"] == project["id"]
+    assert renamed.json()["name"] == "Travel"
+
+
+def test_other_users_scenes_and_projects_are_404(alice, bob):
+    scene = services.scene_create(owner=alice, source_url=PUBLIC_URL)
+    project = services.project_create(owner=alice, name="Alice's")
+    as_bob = _client(bob)
+
+    responses = [
+        as_bob.get(f"/api/v1/scenes/{scene.pk}"),
+        as_bob.post(f"/api/v1/scenes/{scene.pk}/retry"),
+        as_bob.delete(f"/api/v1/scenes/{scene.pk}"),
+        as_bob.get(f"/api/v1/projects/{project.pk}"),
+        as_bob.patch(f"/api/v1/projects/{project.pk}", {"name": "mine now"}, format="json"),
+        as_bob.delete(f"/api/v1/projects/{project.pk}"),
+        as_bob.post("/api/v1/media/store", {"url": PUBLIC_URL, "project": project.pk}, format="json"),
+        as_bob.post("/api/v1/media/store", {"url": PUBLIC_URL, "scene": scene.pk}, format="json"),
+    ]
+
+    assert [r.status_code for r in responses] == [404] * 8
+    assert {r.json()["error"]["code"] for r in responses} == {"not_found"}
+    assert as_bob.get("/api/v1/scenes/").json()["results"] == []
+    assert Scene.objects.filter(pk=scene.pk).exists()
+    assert Project.objects.get(pk=project.pk).name == "Alice's"
+
+
+def test_staff_see_every_scene(alice, admin_user):
+    scene = services.scene_create(owner=alice, source_url=PUBLIC_URL)
+
+    response = _client(admin_user).get(f"/api/v1/scenes/{scene.pk}")
+
+    assert response.status_code == 200
+
+
+def test_list_is_newest_first_and_filters_by_status_and_project(alice):
+    project = services.project_create(owner=alice, name="P")
+    first = services.scene_create(owner=alice, source_url=PUBLIC_URL, project=project)
+    second = services.scene_create(owner=alice, source_url=PUBLIC_URL)
+    services.scene_fail(scene_id=second.pk, error_code="not_found", error_message="gone")
+    api = _client(alice)
+
+    everything = api.get("/api/v1/scenes/").json()
+    failed = api.get("/api/v1/scenes/?status=failed").json()
+    in_project = api.get(f"/api/v1/scenes/?project={project.pk}").json()
+    bad_status = api.get("/api/v1/scenes/?status=nonsense")
+
+    assert [s["id"] for s in everything["results"]] == [second.pk, first.pk]
+    assert [s["id"] for s in failed["results"]] == [second.pk]
+    assert [s["id"] for s in in_project["results"]] == [first.pk]
+    assert bad_status.status_code == 400
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retry_works_only_from_failed_and_queues_one_task(broker_url: str):
+    alice = get_user_model().objects.create_user("alice")
+    scene = services.scene_create(owner=alice, source_url=PUBLIC_URL)
+    api = _client(alice)
+
+    too_early = api.post(f"/api/v1/scenes/{scene.pk}/retry")
+    services.scene_fail(scene_id=scene.pk, error_code="timeout", error_message="stalled")
+    first = api.post(f"/api/v1/scenes/{scene.pk}/retry")
+    second = api.post(f"/api/v1/scenes/{scene.pk}/retry")
+
+    assert (too_early.status_code, first.status_code, second.status_code) == (409, 202, 409)
+    assert second.json()["error"]["code"] == "conflict"
+    assert first.json()["status"] == "queued"
+    assert _queued_task_ids(broker_url) == [first.json()["task_id"]]
+
+
+def test_store_is_throttled_per_user_with_retry_after(alice, settings):
+    settings.MEDIA_STORE_RATE = "2/min"
+    api = _client(alice)
+
+    statuses = [api.post("/api/v1/media/store", {"url": PUBLIC_URL}, format="json") for _ in range(3)]
+
+    assert [r.status_code for r in statuses] == [202, 202, 429]
+    assert statuses[-1].json()["error"]["code"] == "throttled"
+    assert int(statuses[-1]["Retry-After"]) > 0
+
+
+def test_readyz_names_the_part_that_fails(client, db):
+    with celery_broker(DEAD_BROKER):
+        response = client.get("/readyz")
+
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["database"] == "ok"
+    assert checks["broker"].startswith("failed")
+
+
+def test_readyz_is_ready_when_everything_answers(client, broker_url: str, db):
+    response = client.get("/readyz")
+
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
