@@ -6,7 +6,7 @@ from rest_framework.routers import DefaultRouter
 
 from mediastore.health import healthz, readyz
 from scenes.api import MediaStoreView, ProjectViewSet, SceneViewSet
-from scenes.views import scene_file
+from scenes.views import SceneFileView
 
 
 class OptionalSlashRouter(DefaultRouter):
@@ -28,5 +28,5 @@ urlpatterns = [
     path("readyz", readyz, name="readyz"),
     path("api/v1/media/store", MediaStoreView.as_view(), name="media-store"),
     path("api/v1/", include(router.urls)),
-    path("files/scenes/<str:scene_id>/<str:kind>", scene_file, name="scene-file"),
+    path("files/scenes/<str:scene_id>/<str:kind>", SceneFileView.as_view(), name="scene-file"),
 ]
