@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from django.conf import settings
@@ -130,13 +132,32 @@ class MediaStoreView(APIView):
         payload = StoreSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
+        user = request.user
+        assert isinstance(user, User)
+        key = request.headers.get("Idempotency-Key", "").strip()
+        if not key:
+            return self._store(request, data, user)
+        if len(key) > 255:
+            raise ApiError(status_code=400, code="invalid", message="Idempotency-Key is longer than 255 characters.")
+        request_hash = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+        try:
+            record = services.idempotent_replay(owner=user, key=key, request_hash=request_hash)
+        except services.IdempotencyKeyReused as reused:
+            raise ApiError(status_code=422, code="idempotency_key_reused",
+                           message="This Idempotency-Key was used for a different request.") from reused
+        if record is None:
+            response = self._store(request, data, user)
+            record = services.idempotent_remember(owner=user, key=key, request_hash=request_hash,
+                                                  status_code=response.status_code, response=dict(response.data))
+        return Response(record.response, status=record.status_code,
+                        headers={"Location": f"/api/v1/scenes/{record.response['id']}"})
+
+    def _store(self, request: Request, data: dict[str, Any], user: User) -> Response:
         try:
             url = validate_media_url(data["url"])
         except UrlRejected as rejected:
             raise ApiError(status_code=rejected.status, code=rejected.code, message=rejected.message,
                            fields={"url": [rejected.message]}) from rejected
-        user = request.user
-        assert isinstance(user, User)
         project = _owned(Project.objects.all(), user, data.get("project"))
         scene = _owned(Scene.objects.all(), user, data.get("scene"))
         try:

@@ -7,17 +7,18 @@ gets ``SceneStateConflict`` and stops instead of overwriting what the other part
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from scenes.models import Project, Scene
+from scenes.models import IdempotencyRecord, Project, Scene
 
 logger = logging.getLogger(__name__)
 
@@ -184,3 +185,35 @@ def project_delete(*, project: Project) -> None:
         project.delete()
         for scene_id in scene_ids:
             _enqueue_after_commit(task=delete_scene_objects_task, args=[scene_id], task_id=str(uuid.uuid4()))
+
+
+IDEMPOTENCY_WINDOW = dt.timedelta(hours=24)
+
+
+class IdempotencyKeyReused(Exception):
+    """The key was used within the window for a request with a different body."""
+
+
+def idempotent_replay(*, owner: User, key: str, request_hash: str) -> IdempotencyRecord | None:
+    """The stored answer for this key, when the same request was answered within the window."""
+    record = IdempotencyRecord.objects.filter(
+        owner=owner, key=key, created_at__gte=timezone.now() - IDEMPOTENCY_WINDOW
+    ).first()
+    if record is not None and record.request_hash != request_hash:
+        raise IdempotencyKeyReused(key)
+    return record
+
+
+def idempotent_remember(
+    *, owner: User, key: str, request_hash: str, status_code: int, response: dict[str, Any]
+) -> IdempotencyRecord:
+    """Keep the first answer; of two concurrent first requests, the second gets the first's record."""
+    IdempotencyRecord.objects.filter(owner=owner, key=key, created_at__lt=timezone.now() - IDEMPOTENCY_WINDOW).delete()
+    try:
+        with transaction.atomic():
+            return IdempotencyRecord.objects.create(owner=owner, key=key, request_hash=request_hash,
+                                                    status_code=status_code, response=response)
+    except IntegrityError:
+        existing = idempotent_replay(owner=owner, key=key, request_hash=request_hash)
+        assert existing is not None
+        return existing

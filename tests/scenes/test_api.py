@@ -202,3 +202,56 @@ def test_readyz_is_ready_when_everything_answers(client, broker_url: str, db):
 
     assert response.status_code == 200
     assert response.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_same_idempotency_key_and_body_replays_the_answer_and_queues_nothing_new(broker_url: str):
+    alice = get_user_model().objects.create_user("alice")
+    api = _client(alice)
+    body = {"url": PUBLIC_URL, "title": "Once"}
+
+    first = api.post("/api/v1/media/store", body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    again = api.post("/api/v1/media/store", body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.json() == first.json()
+    assert again["Location"] == first["Location"]
+    assert Scene.objects.count() == 1
+    assert _queued_task_ids(broker_url) == [first.json()["task_id"]]
+
+
+def test_same_idempotency_key_with_another_body_is_422(alice):
+    api = _client(alice)
+
+    api.post("/api/v1/media/store", {"url": PUBLIC_URL}, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
+    other = api.post("/api/v1/media/store", {"url": PUBLIC_URL, "title": "changed"}, format="json",
+                     HTTP_IDEMPOTENCY_KEY="k-2")
+
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    assert Scene.objects.count() == 1
+
+
+def test_idempotency_keys_are_per_user(alice, bob):
+    first = _client(alice).post("/api/v1/media/store", {"url": PUBLIC_URL}, format="json", HTTP_IDEMPOTENCY_KEY="k")
+    second = _client(bob).post("/api/v1/media/store", {"url": PUBLIC_URL}, format="json", HTTP_IDEMPOTENCY_KEY="k")
+
+    assert second.status_code == 202
+    assert second.json()["id"] != first.json()["id"]
+
+
+def test_an_idempotency_key_expires_after_a_day(alice):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from scenes.models import IdempotencyRecord
+
+    api = _client(alice)
+    first = api.post("/api/v1/media/store", {"url": PUBLIC_URL}, format="json", HTTP_IDEMPOTENCY_KEY="old")
+    IdempotencyRecord.objects.update(created_at=timezone.now() - timedelta(hours=25))
+
+    later = api.post("/api/v1/media/store", {"url": PUBLIC_URL}, format="json", HTTP_IDEMPOTENCY_KEY="old")
+
+    assert later.status_code == 202
+    assert later.json()["id"] != first.json()["id"]
