@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 
 from django.conf import settings
-from django.http import HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_safe
+from django.views.defaults import page_not_found
+from django.views.defaults import server_error as django_server_error
 
 
 @require_safe
@@ -55,3 +57,18 @@ def _storage() -> None:
         Path(settings.MEDIA_ROOT).mkdir(parents=True, exist_ok=True)
         if not os.access(settings.MEDIA_ROOT, os.W_OK):
             raise PermissionError(f"{settings.MEDIA_ROOT} is not writable")
+
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """API paths answer in the API's envelope even when no route matched; pages keep Django's 404."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"error": {"code": "not_found", "message": "Not found.", "fields": {}}}, status=404)
+    return page_not_found(request, exception or Http404())
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if request.path.startswith("/api/"):
+        return JsonResponse({"error": {"code": "internal_error", "message": "Something went wrong on our side.",
+                                       "fields": {}}}, status=500)
+    return django_server_error(request)

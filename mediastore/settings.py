@@ -88,6 +88,8 @@ INSTALLED_APPS = _DB.installed_apps(
         "django.contrib.staticfiles",
         "rest_framework",
         "rest_framework.authtoken",
+        "drf_spectacular",
+        "drf_spectacular_sidecar",
         "django_celery_results",
         "scenes",
         "downloads",
@@ -152,6 +154,18 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "EXCEPTION_HANDLER": "scenes.api.error_envelope_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "mediastore API",
+    "DESCRIPTION": "Store a media URL, follow its ingestion, retry, delete. Errors: {error: {code, message, fields}}.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # The docs page works on a closed network: its assets are served by the app, not a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # --- Celery ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.http import Http404
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view, inline_serializer
 from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import PageNumberPagination
@@ -62,6 +63,17 @@ def error_envelope_handler(exc: Exception, context: dict[str, Any]) -> Response 
         message = str(getattr(exc, "detail", exc))
     response.data = {"error": {"code": code, "message": message, "fields": fields}}
     return response
+
+
+class ErrorSerializer(serializers.Serializer[Any]):
+    # inline: a declared field named "fields" would collide with Serializer.fields
+    error = inline_serializer(name="ErrorBody", fields={
+        "code": serializers.CharField(), "message": serializers.CharField(), "fields": serializers.DictField(),
+    })
+
+
+def _errors(*codes: int) -> dict[int, type[ErrorSerializer]]:
+    return dict.fromkeys((400, 401, 403, 404, *codes), ErrorSerializer)
 
 
 class StoreThrottle(UserRateThrottle):
@@ -128,6 +140,12 @@ def _owned(queryset: QuerySet[Any], user: User, pk: str | None) -> Any:
 class MediaStoreView(APIView):
     throttle_classes = [StoreThrottle]
 
+    @extend_schema(
+        request=StoreSerializer,
+        responses={202: SceneSerializer, **_errors(409, 422, 429)},
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+        summary="Store a media URL: answers 202 at once and ingests it in the background",
+    )
     def post(self, request: Request) -> Response:
         payload = StoreSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -170,12 +188,22 @@ class MediaStoreView(APIView):
         return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": f"/api/v1/scenes/{scene.pk}"})
 
 
+@extend_schema_view(
+    list=extend_schema(parameters=[OpenApiParameter("status", str, enum=list(Scene.Status.values)),
+                                   OpenApiParameter("project", str)], responses={200: SceneSerializer(many=True),
+                                                                                 **_errors()}),
+    retrieve=extend_schema(responses={200: SceneSerializer, **_errors()}),
+    destroy=extend_schema(responses={204: None, **_errors()}),
+    retry=extend_schema(request=None, responses={202: SceneSerializer, **_errors(409)}),
+)
 class SceneViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, mixins.DestroyModelMixin,
                    viewsets.GenericViewSet[Scene]):
     serializer_class = SceneSerializer
     pagination_class = Pagination
 
     def get_queryset(self) -> QuerySet[Scene]:
+        if getattr(self, "swagger_fake_view", False):  # schema generation: no user
+            return Scene.objects.none()
         user = self.request.user
         assert isinstance(user, User)
         status_filter = self.request.query_params.get("status") or None
@@ -199,12 +227,21 @@ class SceneViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, mixins.Dest
         return Response(self.get_serializer(scene).data, status=status.HTTP_202_ACCEPTED)
 
 
+@extend_schema_view(
+    list=extend_schema(responses={200: ProjectSerializer(many=True), **_errors()}),
+    create=extend_schema(responses={201: ProjectSerializer, **_errors()}),
+    retrieve=extend_schema(responses={200: ProjectSerializer, **_errors()}),
+    partial_update=extend_schema(responses={200: ProjectSerializer, **_errors()}),
+    destroy=extend_schema(responses={204: None, **_errors()}),
+)
 class ProjectViewSet(viewsets.ModelViewSet[Project]):
     serializer_class = ProjectSerializer
     pagination_class = Pagination
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def get_queryset(self) -> QuerySet[Project]:
+        if getattr(self, "swagger_fake_view", False):
+            return Project.objects.none()
         user = self.request.user
         assert isinstance(user, User)
         projects = Project.objects.order_by("-created_at")

@@ -50,7 +50,7 @@ def _global(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return address.is_global and not address.is_multicast
 
 
-def validate_media_url(url: str, *, resolve: Resolver = _resolve) -> str:
+def validate_media_url(url: str, *, resolve: Resolver | None = None) -> str:
     """Return the URL (stripped) when it may be ingested; raise ``InvalidUrl`` or ``UrlNotAllowed``."""
     if not isinstance(url, str) or not url.strip():
         raise InvalidUrl("Enter the URL of the media.")
@@ -73,7 +73,7 @@ def validate_media_url(url: str, *, resolve: Resolver = _resolve) -> str:
         raise InvalidUrl("URLs with a user name or password are not accepted.")
     _check_allowed_host(host)
     try:
-        addresses = [ipaddress.ip_address(a.split("%")[0]) for a in resolve(host, port)]
+        addresses = [ipaddress.ip_address(a.split("%")[0]) for a in (resolve or _resolve)(host, port)]
     except (OSError, UnicodeError) as exc:
         raise InvalidUrl(f"The host {host!r} could not be resolved.") from exc
     if not addresses:

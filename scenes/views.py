@@ -7,6 +7,7 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.http import FileResponse
+from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.views import APIView
@@ -20,6 +21,7 @@ class SceneFileView(APIView):
     An API view, so token clients (the API's own ``media_url``) and signed-in people both get in.
     """
 
+    @extend_schema(exclude=True)  # bytes, not JSON: reached through media_url/thumbnail_url
     def get(self, request: Request, scene_id: str, kind: str) -> FileResponse:
         if settings.R2_BUCKET or kind not in {"media", "thumbnail"}:
             raise exceptions.NotFound()
