@@ -6,7 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from mediastore.health import healthz, readyz
-from scenes.api import MediaStoreView, ProjectViewSet, SceneViewSet
+from scenes.api import MediaStoreView, MeView, ProjectViewSet, SceneViewSet
 from scenes.views import SceneFileView
 
 
@@ -30,6 +30,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/media/store", MediaStoreView.as_view(), name="media-store"),
+    path("api/v1/me", MeView.as_view(), name="me"),
     path("api/v1/", include(router.urls)),
     path("files/scenes/<str:scene_id>/<str:kind>", SceneFileView.as_view(), name="scene-file"),
 ]

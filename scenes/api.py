@@ -259,3 +259,17 @@ class ProjectViewSet(viewsets.ModelViewSet[Project]):
 
     def perform_destroy(self, instance: Project) -> None:
         services.project_delete(project=instance)
+
+
+class MeSerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField(source="pk")
+    username = serializers.CharField()
+    is_staff = serializers.BooleanField()
+
+
+class MeView(APIView):
+    """Who the credentials belong to: lets a client check its token."""
+
+    @extend_schema(responses={200: MeSerializer, **_errors()})
+    def get(self, request: Request) -> Response:
+        return Response(MeSerializer(request.user).data)

@@ -255,3 +255,24 @@ def test_an_idempotency_key_expires_after_a_day(alice):
 
     assert later.status_code == 202
     assert later.json()["id"] != first.json()["id"]
+
+
+def test_session_sign_in_works_as_well_as_tokens(client, alice):
+    client.force_login(alice)
+
+    response = client.get("/api/v1/me")
+
+    assert response.status_code == 200
+    assert response.json()["username"] == "alice"
+
+
+def test_session_writes_need_the_csrf_token(alice):
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(alice)
+
+    response = browser.post("/api/v1/projects/", {"name": "x"}, content_type="application/json")
+
+    assert response.status_code == 403
+    assert "CSRF" in response.json()["error"]["message"]
