@@ -276,3 +276,13 @@ def test_session_writes_need_the_csrf_token(alice):
 
     assert response.status_code == 403
     assert "CSRF" in response.json()["error"]["message"]
+
+
+def test_patch_of_a_project_without_fields_changes_nothing(alice):
+    api = _client(alice)
+    project = api.post("/api/v1/projects/", {"name": "Kept"}, format="json").json()
+
+    response = api.patch(f"/api/v1/projects/{project['id']}", {}, format="multipart")
+
+    assert response.status_code == 200
+    assert response.json()["name"] == "Kept"
