@@ -12,9 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import Result, scratch_dir
-from tests.harness.processes import ServiceProcess, free_port, port_open, wait_until
-from tests.harness.services import REPO_ROOT, redis_server, worker_environment
+from benchmarks.common import Result, gunicorn_server, scratch_dir
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance," \
          "response_headers_conformance"
@@ -38,19 +36,10 @@ def run(*, database_url: str) -> list[Result]:
 
     user, _ = get_user_model().objects.get_or_create(username="bench-schemathesis")
     token = Token.objects.get_or_create(user=user)[0].key
-    with scratch_dir("api-schemathesis") as tmp, redis_server(Path(tmp) / "redis") as broker_url:
-        port = free_port()
-        env = worker_environment(broker_url=broker_url, database_url=database_url, data_dir=Path(tmp) / "data",
-                                 extra={"MEDIA_STORE_RATE": "1000000/min", "DJANGO_ALLOWED_HOSTS": "127.0.0.1"})
-        server = ServiceProcess([str(Path(sys.executable).with_name("gunicorn")), "mediastore.wsgi:application",
-                                 "--bind", f"127.0.0.1:{port}", "--workers", "4", "--log-level", "warning"],
-                                log_path=Path(tmp) / "gunicorn.log", env=env, cwd=REPO_ROOT)
-        try:
-            wait_until(lambda: port_open(port), timeout=30, what="gunicorn")
-            short_code, short_time, _ = _schemathesis(port, token, 12, Path(tmp) / "short.txt")
-            code, elapsed, output = _schemathesis(port, token, 100, Path(tmp) / "long.txt")
-        finally:
-            server.stop()
+    with scratch_dir("api-schemathesis") as tmp, gunicorn_server(database_url=database_url,
+                                                                 workdir=Path(tmp)) as port:
+        short_code, short_time, _ = _schemathesis(port, token, 12, Path(tmp) / "short.txt")
+        code, elapsed, output = _schemathesis(port, token, 100, Path(tmp) / "long.txt")
     operations = re.search(r"(\d+) passed", output)
     failed = re.search(r"(\d+) failed", output)
     if code != 0 or short_code != 0:

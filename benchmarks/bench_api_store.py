@@ -4,16 +4,13 @@ on gunicorn with real Redis and SQLite, in one run. p50/p99 latency and throughp
 from __future__ import annotations
 
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 
 import requests
 
-from benchmarks.common import Result, scratch_dir
-from tests.harness.processes import ServiceProcess, free_port, port_open, wait_until
-from tests.harness.services import REPO_ROOT, redis_server, worker_environment
+from benchmarks.common import Result, gunicorn_server, scratch_dir
 
 CLIENTS = 32
 SECONDS = 8.0
@@ -60,22 +57,11 @@ def run(*, database_url: str) -> list[Result]:
 
     user, _ = get_user_model().objects.get_or_create(username="bench-api")
     token = Token.objects.get_or_create(user=user)[0].key
-    with scratch_dir("api-store") as tmp, redis_server(Path(tmp) / "redis") as broker_url:
-        port = free_port()
-        env = worker_environment(broker_url=broker_url, database_url=database_url, data_dir=Path(tmp) / "data",
-                                 extra={"MEDIA_STORE_RATE": "1000000/min", "DJANGO_ALLOWED_HOSTS": "127.0.0.1"})
-        gunicorn = str(Path(sys.executable).with_name("gunicorn"))
-        server = ServiceProcess([gunicorn, "mediastore.wsgi:application", "--bind", f"127.0.0.1:{port}",
-                                 "--workers", "4", "--log-level", "warning"],
-                                log_path=Path(tmp) / "gunicorn.log", env=env, cwd=REPO_ROOT)
-        try:
-            wait_until(lambda: port_open(port), timeout=30, what="gunicorn")
-            base = f"http://127.0.0.1:{port}/api/v1"
-            _load("GET", f"{base}/me", token, None)  # warm-up
-            trivial, trivial_errors = _load("GET", f"{base}/me", token, None)
-            store, store_errors = _load("POST", f"{base}/media/store", token, {"url": PUBLIC_URL})
-        finally:
-            server.stop()
+    with scratch_dir("api-store") as tmp, gunicorn_server(database_url=database_url, workdir=Path(tmp)) as port:
+        base = f"http://127.0.0.1:{port}/api/v1"
+        _load("GET", f"{base}/me", token, None)  # warm-up
+        trivial, trivial_errors = _load("GET", f"{base}/me", token, None)
+        store, store_errors = _load("POST", f"{base}/media/store", token, {"url": PUBLIC_URL})
     if store_errors or trivial_errors:
         raise RuntimeError(f"{store_errors} store and {trivial_errors} trivial requests failed")
     note = f"{CLIENTS} clients x {SECONDS:g}s, gunicorn -w 4, SQLite + Redis; client on the same 2 cores"

@@ -106,3 +106,25 @@ def looped_video(source: Path, target: Path, *, at_least: int) -> Path:
     subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-stream_loop", str(loops),
                     "-i", str(source), "-c", "copy", "-movflags", "+faststart", str(target)], check=True, timeout=600)
     return target
+
+
+@contextmanager
+def gunicorn_server(*, database_url: str, workdir: Path) -> Iterator[int]:
+    """The web app under gunicorn (4 workers) with its own redis broker, as in production; yields the port."""
+    import sys
+
+    from tests.harness.processes import ServiceProcess, free_port, port_open, wait_until
+    from tests.harness.services import REPO_ROOT
+
+    with redis_server(workdir / "redis") as broker_url:
+        port = free_port()
+        env = worker_environment(broker_url=broker_url, database_url=database_url, data_dir=workdir / "data",
+                                 extra={"MEDIA_STORE_RATE": "1000000/min", "DJANGO_ALLOWED_HOSTS": "127.0.0.1"})
+        server = ServiceProcess([str(Path(sys.executable).with_name("gunicorn")), "mediastore.wsgi:application",
+                                 "--bind", f"127.0.0.1:{port}", "--workers", "4", "--log-level", "warning"],
+                                log_path=workdir / "gunicorn.log", env=env, cwd=REPO_ROOT)
+        try:
+            wait_until(lambda: port_open(port), timeout=30, what="gunicorn")
+            yield port
+        finally:
+            server.stop()
