@@ -88,6 +88,7 @@ class Scene(ObjectIdModel):
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status", "updated_at"], name="scene_status_updated_idx")]
+        permissions = [("requeue_scene", "Can re-queue failed scenes")]
 
     def __str__(self) -> str:
         return self.title or self.source_url

@@ -1,0 +1,109 @@
+"""Django admin: staff see what happened and fix it with the same services as the API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.test import Client
+
+from scenes import services
+from scenes.models import Scene
+from tests.harness.media import MediaServer
+from tests.harness.processes import wait_until
+
+CHANGELIST = "/admin/scenes/scene/"
+
+
+def _staff(username: str, *codenames: str):
+    user = get_user_model().objects.create_user(username, password="pw", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="scenes", codename__in=codenames))
+    return user
+
+
+def _browser(user) -> Client:
+    browser = Client()
+    browser.force_login(user)
+    return browser
+
+
+@pytest.mark.django_db
+def test_scene_list_shows_status_badges_and_progress():
+    staff = _staff("viewer", "view_scene")
+    scene = services.scene_create(owner=staff, source_url="https://example.com/v.mp4")
+    services.scene_start(scene_id=scene.pk)
+    Scene.objects.filter(pk=scene.pk).update(progress=42)
+
+    page = _browser(staff).get(CHANGELIST).content.decode()
+
+    assert "Processing</span>" in page
+    assert '<progress max="100" value="42"' in page
+
+
+@pytest.mark.django_db
+def test_staff_without_the_permission_do_not_see_the_requeue_action():
+    staff = _staff("plain", "view_scene", "change_scene", "delete_scene")
+    services.scene_create(owner=staff, source_url="https://example.com/v.mp4")  # actions show on a non-empty list
+
+    page = _browser(staff).get(CHANGELIST).content.decode()
+
+    assert "delete_with_media" in page
+    assert "requeue_failed" not in page
+
+
+@pytest.mark.django_db
+def test_staff_with_the_permission_see_the_requeue_action():
+    staff = _staff("operator", "view_scene", "change_scene", "requeue_scene")
+    services.scene_create(owner=staff, source_url="https://example.com/v.mp4")
+
+    page = _browser(staff).get(CHANGELIST).content.decode()
+
+    assert "requeue_failed" in page
+    assert "delete_selected" not in page  # bulk delete goes through the action that also deletes media
+
+
+def test_requeue_action_queues_failed_scenes_and_says_what_it_skipped(
+        start_worker, media_server: MediaServer, settings):
+    start_worker(concurrency=4, env={"MEDIA_MAX_FILESIZE": "20M", "MEDIA_DOWNLOAD_TIMEOUT": "60"})
+    operator = _staff("operator", "view_scene", "change_scene", "requeue_scene")
+    failed = [services.scene_create(owner=operator, source_url=media_server.url("video.mp4")) for _ in range(2)]
+    for scene in failed:
+        services.scene_fail(scene_id=scene.pk, error_code="timeout", error_message="stalled")
+    done = services.scene_create(owner=operator, source_url=media_server.url("video.mp4"), title="Already done")
+    services.scene_start(scene_id=done.pk)
+    services.scene_complete(scene_id=done.pk, storage_key="scenes/x/media.mp4")
+
+    response = _browser(operator).post(CHANGELIST, {
+        "action": "requeue_failed", "_selected_action": [s.pk for s in [*failed, done]],
+    }, follow=True)
+
+    page = response.content.decode()
+    assert "Queued 2 scene(s)." in page
+    assert "Skipped 1" in page
+    assert "Already done (completed)" in page
+    for scene in failed:
+        wait_until(lambda scene=scene: Scene.objects.get(pk=scene.pk).status == Scene.Status.COMPLETED,
+                   timeout=60, what="a re-queued scene to complete")
+
+
+def test_bulk_delete_of_twenty_scenes_leaves_no_stored_file(start_worker, tmp_path: Path, settings):
+    start_worker(concurrency=10)
+    media_root = tmp_path / "worker-data" / "media"
+    operator = _staff("deleter", "view_scene", "delete_scene")
+    scenes = [services.scene_create(owner=operator, source_url=f"https://example.com/{i}.mp4") for i in range(20)]
+    for scene in scenes:  # as the worker stores them
+        for name in ("media.mp4", "thumb.jpg"):
+            path = media_root / "scenes" / scene.pk / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"stored")
+
+    response = _browser(operator).post(CHANGELIST, {
+        "action": "delete_with_media", "_selected_action": [s.pk for s in scenes],
+    }, follow=True)
+
+    assert "Deleted 20 scene(s)" in response.content.decode()
+    assert not Scene.objects.exists()
+    wait_until(lambda: not any(p.is_file() for p in media_root.rglob("*")), timeout=60,
+               what="every stored file to be deleted")
