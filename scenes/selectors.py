@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.contrib.auth.models import User
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from scenes.models import Scene
 
@@ -20,3 +23,27 @@ def scene_list(
     if project_id is not None:
         scenes = scenes.filter(project_id=project_id)
     return scenes
+
+
+def scenes_failed(
+    *, since: dt.timedelta | None = None, error_code: str | None = None, project_id: str | None = None,
+    limit: int | None = None,
+) -> list[Scene]:
+    """Failed scenes, newest first, narrowed by age of the failure, error code and project."""
+    scenes = Scene.objects.filter(status=Scene.Status.FAILED).order_by("-updated_at")
+    if since is not None:
+        scenes = scenes.filter(updated_at__gte=timezone.now() - since)
+    if error_code:
+        scenes = scenes.filter(error_code=error_code)
+    if project_id:
+        scenes = scenes.filter(project_id=project_id)
+    return list(scenes[:limit] if limit else scenes)
+
+
+def scenes_stuck(*, older_than: dt.timedelta) -> list[Scene]:
+    """Processing scenes whose heartbeat is older than ``older_than`` (a dead worker), and scenes queued for
+    longer than that (an enqueue that was lost)."""
+    cutoff = timezone.now() - older_than
+    return list(Scene.objects.filter(
+        Q(status=Scene.Status.PROCESSING) | Q(status=Scene.Status.QUEUED), updated_at__lt=cutoff
+    ).order_by("updated_at"))

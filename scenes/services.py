@@ -34,10 +34,12 @@ class SceneStateConflict(Exception):
         super().__init__(f"scene {scene_id} is not in status {' or '.join(self.expected)}")
 
 
-def _transition(*, scene_id: str, from_statuses: Iterable[str], **changes: Any) -> None:
+def _transition(
+    *, scene_id: str, from_statuses: Iterable[str], where: dict[str, Any] | None = None, **changes: Any
+) -> None:
     from_statuses = tuple(from_statuses)
     # QuerySet.update() skips auto_now, and updated_at is the heartbeat: set it here, always.
-    changed = Scene.objects.filter(pk=scene_id, status__in=from_statuses).update(
+    changed = Scene.objects.filter(pk=scene_id, status__in=from_statuses, **(where or {})).update(
         updated_at=timezone.now(), **changes
     )
     if changed != 1:
@@ -103,7 +105,7 @@ def scene_fail(*, scene_id: str, error_code: str, error_message: str) -> None:
 
 def scene_requeue(*, scene_id: str, task_id: str = "") -> None:
     """failed → queued, clearing the last attempt's error and progress."""
-    extra = {"task_id": task_id} if task_id else {}
+    extra: dict[str, Any] = {"task_id": task_id} if task_id else {}
     _transition(
         scene_id=scene_id,
         from_statuses=[Status.FAILED],
@@ -217,3 +219,21 @@ def idempotent_remember(
         existing = idempotent_replay(owner=owner, key=key, request_hash=request_hash)
         assert existing is not None
         return existing
+
+
+def scene_requeue_any(*, scene: Scene) -> Scene:
+    """Queue a scene again whatever it last did, unless a worker has it right now."""
+    return scene_store(owner=scene.owner, source_url=scene.source_url, project=scene.project, scene=scene)
+
+
+def scene_requeue_stuck(*, scene: Scene) -> None:
+    """Queue a stuck scene again: one conditional update on the heartbeat that was read, so a worker that
+    came back to life in between wins, and the scene is not sent twice."""
+    from downloads.tasks import download_media_task
+
+    task_id = str(uuid.uuid4())
+    with transaction.atomic():
+        _transition(scene_id=scene.pk, from_statuses=[Status.PROCESSING, Status.QUEUED],
+                    where={"updated_at": scene.updated_at}, status=Status.QUEUED, stage=Scene.Stage.NONE,
+                    progress=None, task_id=task_id)
+        _enqueue_after_commit(task=download_media_task, args=[scene.pk], task_id=task_id)

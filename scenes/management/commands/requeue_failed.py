@@ -1,0 +1,50 @@
+"""``requeue_failed``: queue failed scenes again, narrowed by age, error code and project."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from mediastore.env import parse_duration
+from scenes import selectors, services
+from scenes.services import SceneStateConflict
+
+
+def duration(text: str) -> dt.timedelta:
+    try:
+        return dt.timedelta(seconds=parse_duration(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration such as 90s, 30m, 24h: {text!r}") from None
+
+
+class Command(BaseCommand):
+    help = "Queue failed scenes again. Prints one summary line; exits 1 if any could not be queued."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--since", type=duration, default=None, help="only scenes that failed within, e.g. 24h")
+        parser.add_argument("--error-code", default=None, help="only scenes with this error code, e.g. timeout")
+        parser.add_argument("--project", default=None, help="only scenes of this project id")
+        parser.add_argument("--limit", type=int, default=None, help="at most this many scenes")
+        parser.add_argument("--dry-run", action="store_true", help="say what would be queued; change nothing")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        scenes = selectors.scenes_failed(since=options["since"], error_code=options["error_code"],
+                                         project_id=options["project"], limit=options["limit"])
+        if options["dry_run"]:
+            for scene in scenes:
+                self.stdout.write(f"would queue {scene.pk} ({scene.error_code}: {scene.source_url})")
+            self.stdout.write(f"requeue_failed: {len(scenes)} failed scene(s) would be queued (dry run)")
+            return
+        queued, conflicts = 0, 0
+        for scene in scenes:
+            try:
+                services.scene_retry(scene=scene)
+                queued += 1
+            except SceneStateConflict:
+                conflicts += 1  # moved since we read it
+        self.stdout.write(f"requeue_failed: queued {queued}, skipped {conflicts} that changed meanwhile")
+        if conflicts:
+            raise CommandError(f"requeue_failed: {conflicts} scene(s) were not failed any more")
