@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import platform
+import tempfile
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 from celery.signals import worker_init, worker_ready, worker_shutdown
@@ -13,6 +15,7 @@ from celery.utils.log import get_task_logger
 from downloads import bridge, pipeline
 from downloads.asynctask import AsyncTask
 from mediastore.celery import app as celery_app
+from mediastore.fingerprint import config_fingerprint
 
 logger = get_task_logger(__name__)
 
@@ -58,13 +61,19 @@ async def delete_scene_objects_task(scene_id: str) -> int:
     return await pipeline.delete_objects(scene_id=scene_id)
 
 
-@celery_app.task(name="downloads.worker_info")
-def worker_info() -> dict[str, Any]:
-    """What this worker runs: package versions, for ``ping_worker`` and pipeline checks."""
+def package_versions() -> dict[str, str]:
     versions: dict[str, str] = {"python": platform.python_version()}
     for package in REPORTED_PACKAGES:
         try:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = "not installed"
-    return {"versions": versions, "gevent_active": bridge.gevent_is_active()}
+    return versions
+
+
+@celery_app.task(name="downloads.worker_info")
+def worker_info() -> dict[str, Any]:
+    """What this worker runs and sees: versions, a settings fingerprint, job folders left in its temp dir."""
+    leftovers = sorted(p.name for p in Path(tempfile.gettempdir()).glob(f"{pipeline.JOB_DIR_PREFIX}*"))
+    return {"versions": package_versions(), "gevent_active": bridge.gevent_is_active(),
+            "fingerprint": config_fingerprint(), "job_dirs": leftovers}

@@ -1,0 +1,197 @@
+"""The seed's step 0 as code: is every part of the pipeline there, configured alike, and working end to end?
+
+Each check yields a ``Check`` (PASS, WARN or FAIL, with a reason); ``check_pipeline`` prints them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import connection
+
+from mediastore.celery import app as celery_app
+from mediastore.fingerprint import config_fingerprint
+from scenes import services
+from scenes.models import Scene
+
+CHECK_USER = "pipeline-check"
+
+
+@dataclass(frozen=True)
+class Check:
+    number: str
+    name: str
+    outcome: str  # PASS, WARN, FAIL
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.outcome} {self.number} {self.name}: {self.reason}"
+
+
+def _attempt(number: str, name: str, check: Any) -> Check:
+    try:
+        reason = check()
+    except Exception as exc:  # the reason is the answer
+        return Check(number, name, "FAIL", f"{type(exc).__name__}: {str(exc)[:300]}")
+    return Check(number, name, "PASS", reason)
+
+
+def _database() -> str:
+    connection.ensure_connection()
+    return f"{connection.vendor} answers"
+
+
+def _broker() -> str:
+    with celery_app.connection_for_write() as broker:
+        broker.ensure_connection(max_retries=1, timeout=3)
+    return "broker answers"
+
+
+def _object_store() -> str:
+    if settings.R2_BUCKET:
+        from scenes.links import _signer
+
+        _signer().head_bucket(Bucket=settings.R2_BUCKET)
+        return f"bucket {settings.R2_BUCKET} answers"
+    root = Path(settings.MEDIA_ROOT)
+    root.mkdir(parents=True, exist_ok=True)
+    probe = root / ".check-pipeline"
+    probe.write_bytes(b"ok")
+    probe.unlink()
+    return f"local folder {root} is writable"
+
+
+def _worker_info(timeout: float) -> dict[str, Any]:
+    from downloads.tasks import worker_info
+
+    return dict(worker_info.delay().get(timeout=timeout))
+
+
+def run_checks(*, e2e: bool, timeout: float = 60.0) -> Iterator[Check]:
+    yield _attempt("0.1", "database", _database)
+    yield _attempt("0.1", "broker", _broker)
+    yield _attempt("0.1", "object store", _object_store)
+    answers = celery_app.control.ping(timeout=3.0) or []
+    if not answers:
+        yield Check("0.1", "worker", "FAIL", "no worker answered a ping within 3 s; is the worker running?")
+        return
+    yield Check("0.1", "worker", "PASS", f"{len(answers)} worker(s) answered")
+    try:
+        info = _worker_info(timeout=min(timeout, 20))
+    except Exception as exc:
+        yield Check("0.1", "worker task", "FAIL", f"the worker did not run a task: {type(exc).__name__}")
+        return
+    yield _fingerprint_check(info["fingerprint"])
+    yield from _version_checks(info["versions"])
+    if e2e:
+        yield from _end_to_end(timeout=timeout)
+
+
+def _fingerprint_check(worker: dict[str, str]) -> Check:
+    ours = config_fingerprint()
+    differ = sorted(name for name in ours if ours[name] != worker.get(name))
+    if differ:
+        return Check("0.1.1", "configuration", "FAIL",
+                     f"web and worker differ in {', '.join(differ)} (values compared hashed)")
+    return Check("0.1.1", "configuration", "PASS", f"web and worker agree on {len(ours)} settings")
+
+
+def _version_checks(worker: dict[str, str]) -> Iterator[Check]:
+    from downloads.tasks import package_versions
+
+    for package, ours in package_versions().items():
+        theirs = worker.get(package, "not installed")
+        if ours == theirs:
+            yield Check("0.1.2", f"version {package}", "PASS", ours)
+        elif ours.split(".")[0] != theirs.split(".")[0]:
+            yield Check("0.1.2", f"version {package}", "FAIL", f"web {ours}, worker {theirs}: major versions differ")
+        else:
+            yield Check("0.1.2", f"version {package}", "WARN", f"web {ours}, worker {theirs}")
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+@contextlib.contextmanager
+def _sample_server() -> Iterator[tuple[str, int]]:
+    """A short generated video served from a loopback HTTP server; yields (url, size)."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="check-pipeline-") as folder:
+        sample = Path(folder) / "sample.mp4"
+        subprocess.run([settings.FFMPEG_PATH, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "lavfi",
+                        "-i", "testsrc2=size=320x240:rate=25", "-f", "lavfi", "-i", "sine=frequency=440",
+                        "-t", "2", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac",
+                        str(sample)], check=True, timeout=60)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=folder))
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/sample.mp4", sample.stat().st_size
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def _stored_size(key: str) -> int | None:
+    if settings.R2_BUCKET:
+        from scenes.links import _signer
+
+        try:
+            return int(_signer().head_object(Bucket=settings.R2_BUCKET, Key=key)["ContentLength"])
+        except Exception:
+            return None
+    path = Path(settings.MEDIA_ROOT) / key
+    return path.stat().st_size if path.is_file() else None
+
+
+def _end_to_end(*, timeout: float) -> Iterator[Check]:
+    owner, _ = get_user_model().objects.get_or_create(username=CHECK_USER, defaults={"is_active": False})
+    scene: Scene | None = None
+    try:
+        with _sample_server() as (url, size):
+            yield Check("0.2", "sample", "PASS", f"{size} bytes generated with ffmpeg, served at {url}")
+            scene = services.scene_store(owner=owner, source_url=url, title="check_pipeline sample")
+            deadline = time.monotonic() + timeout
+            while not Scene.objects.get(pk=scene.pk).is_terminal and time.monotonic() < deadline:
+                time.sleep(0.2)
+            scene.refresh_from_db()
+        if scene.status != Scene.Status.COMPLETED:
+            reason = f"{scene.status}: {scene.error_code} {scene.error_message}".strip()
+            yield Check("0.3", "ingest", "FAIL", f"the sample did not complete within {timeout:.0f}s ({reason})")
+            return
+        assert scene.completed_at is not None
+        took = (scene.completed_at - scene.created_at).total_seconds()
+        yield Check("0.3", "ingest", "PASS", f"completed in {took:.1f}s")
+        stored = _stored_size(scene.storage_key)
+        yield Check("0.4", "stored object", "PASS" if stored == scene.size_bytes else "FAIL",
+                    f"{scene.storage_key}: {stored} bytes stored, {scene.size_bytes} probed")
+        leftovers = [name for name in _worker_info(timeout=20)["job_dirs"] if scene.pk in name]
+        yield Check("0.5", "worker temp dir", "FAIL" if leftovers else "PASS",
+                    f"left behind: {', '.join(leftovers)}" if leftovers else "the job's folder was removed")
+        key = scene.storage_key
+        services.scene_delete(scene=scene)
+        scene = None
+        deadline = time.monotonic() + 30
+        while _stored_size(key) is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        gone = _stored_size(key) is None
+        yield Check("0.6", "delete", "PASS" if gone else "FAIL",
+                    "the scene and its object are gone" if gone else f"{key} still stored after 30 s")
+    finally:
+        if scene is not None and Scene.objects.filter(pk=scene.pk).exists():
+            services.scene_delete(scene=scene)  # leave nothing behind, whatever failed
+

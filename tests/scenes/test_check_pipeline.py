@@ -1,0 +1,75 @@
+"""check_pipeline: passes on a healthy stack and names what is wrong otherwise."""
+
+from __future__ import annotations
+
+import time
+from io import StringIO
+
+import boto3
+import pytest
+from django.core.management import CommandError, call_command
+
+from scenes.models import Scene
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, settings):
+    name = f"check-{int(time.time() * 1000) % 10_000_000}"
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+    client.create_bucket(Bucket=name)
+    # The web side (this process) and the worker use the same object store, as in production.
+    settings.R2_BUCKET, settings.R2_ENDPOINT_URL, settings.R2_REGION = name, s3_endpoint, "us-east-1"
+    settings.R2_ACCESS_KEY_ID, settings.R2_SECRET_ACCESS_KEY = "test", "test"
+    from scenes.links import _signer
+
+    _signer.cache_clear()
+    yield client, name
+    _signer.cache_clear()
+    client.close()
+
+
+def _worker_env(s3_endpoint: str, bucket_name: str) -> dict[str, str]:
+    return {"R2_BUCKET": bucket_name, "R2_ENDPOINT_URL": s3_endpoint, "R2_ACCESS_KEY_ID": "test",
+            "R2_SECRET_ACCESS_KEY": "test", "R2_REGION": "us-east-1", "MEDIA_DOWNLOAD_TIMEOUT": "60"}
+
+
+def _check(*args: str) -> tuple[str, CommandError | None]:
+    out = StringIO()
+    try:
+        call_command("check_pipeline", *args, stdout=out)
+    except CommandError as error:
+        return out.getvalue(), error
+    return out.getvalue(), None
+
+
+def test_e2e_check_passes_on_the_test_stack_and_cleans_up(start_worker, bucket, s3_endpoint: str):
+    client, name = bucket
+    start_worker(concurrency=4, env=_worker_env(s3_endpoint, name))
+
+    output, error = _check("--e2e")
+
+    assert error is None, output
+    for number in ("0.1 ", "0.1.1 ", "0.1.2 ", "0.2 ", "0.3 ", "0.4 ", "0.5 ", "0.6 "):
+        assert f"PASS {number}" in output
+    assert "FAIL" not in output
+    assert "check_pipeline:" in output
+    assert not Scene.objects.exists()
+    assert client.list_objects_v2(Bucket=name).get("KeyCount", 0) == 0
+
+
+def test_check_fails_on_services_when_no_worker_answers(broker_url: str, bucket, transactional_db):
+    output, error = _check()
+
+    assert error is not None
+    assert "FAIL 0.1 worker: no worker answered" in output
+    assert "PASS 0.1 database" in output
+
+
+def test_check_fails_on_configuration_when_the_worker_uses_another_bucket(start_worker, bucket, s3_endpoint: str):
+    start_worker(concurrency=2, env=_worker_env(s3_endpoint, "some-other-bucket"))
+
+    output, error = _check()
+
+    assert error is not None
+    assert "FAIL 0.1.1 configuration: web and worker differ in R2_BUCKET" in output
