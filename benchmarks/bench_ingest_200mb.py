@@ -46,7 +46,7 @@ def run(*, database_url: str) -> list[Result]:
             started = time.perf_counter()
             ingest_and_wait([url], timeout=600)
             ours = time.perf_counter() - started
-            steps = [line for line in worker.log().splitlines() if "completed," in line]
+            steps = [line for line in worker.log().splitlines() if " stored " in line and "bytes at" in line]
             print(steps[-1] if steps else "no step timings in the worker log", file=sys.stderr)
     return [Result(
         benchmark="ingest_200mb",

@@ -66,10 +66,11 @@ async def ingest(*, scene_id: str) -> str:
         logger.info("ingest %s: nothing to do (%s)", scene_id, claim.reason)
         return claim.reason
     logger.info("ingest %s: %s, attempt %d", scene_id, claim.reason, claim.attempts)
-    job_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=f"{JOB_DIR_PREFIX}{scene_id}-"))
-    heartbeat = asyncio.create_task(_keep_heartbeat(scene_id))
     try:
-        await _run(scene_id, claim, job_dir)
+        # The temp folder is gone before the scene's final status is written, so whoever sees
+        # "completed" or "failed" also sees the clean-up done.
+        fields = await _in_job_dir(scene_id, claim)
+        await _complete(scene_id, fields)
         return "completed"
     except MediastoreError as error:
         return await _failed(scene_id, error, claim.attempts)
@@ -78,6 +79,13 @@ async def ingest(*, scene_id: str) -> str:
     except Exception:
         logger.exception("ingest %s: unexpected error", scene_id)
         return await _failed(scene_id, InternalError(), attempts=None)
+
+
+async def _in_job_dir(scene_id: str, claim: updates.Claim) -> dict[str, Any]:
+    job_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=f"{JOB_DIR_PREFIX}{scene_id}-"))
+    heartbeat = asyncio.create_task(_keep_heartbeat(scene_id))
+    try:
+        return await _run(scene_id, claim, job_dir)
     finally:
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -86,7 +94,8 @@ async def ingest(*, scene_id: str) -> str:
         await asyncio.shield(asyncio.to_thread(shutil.rmtree, job_dir, True))
 
 
-async def _run(scene_id: str, claim: updates.Claim, job_dir: Path) -> None:
+async def _run(scene_id: str, claim: updates.Claim, job_dir: Path) -> dict[str, Any]:
+    """Download, probe, thumbnail and upload; returns the fields the completed scene gets."""
     reporter = _ProgressReporter(scene_id)
     steps: dict[str, float] = {}
     mark = time.monotonic()
@@ -122,16 +131,20 @@ async def _run(scene_id: str, claim: updates.Claim, job_dir: Path) -> None:
     }
     if not claim.title and result.title:
         fields["title"] = result.title
-    if not await updates.complete(scene_id=scene_id, fields=fields):
-        if not await updates.exists(scene_id=scene_id):
-            # Deleted while we worked: its deletion task may have run before this upload; leave nothing.
-            removed = await store.delete_prefix(storage.scene_prefix(scene_id))
-            logger.info("ingest %s: the scene was deleted meanwhile; removed %d stored objects", scene_id, removed)
-        else:
-            logger.warning("ingest %s: stored, but the scene was moved meanwhile (taken over)", scene_id)
+    timings = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in steps.items())
+    logger.info("ingest %s: stored %s bytes at %s (%s)", scene_id, info.size_bytes, key, timings)
+    return fields
+
+
+async def _complete(scene_id: str, fields: dict[str, Any]) -> None:
+    if await updates.complete(scene_id=scene_id, fields=fields):
+        logger.info("ingest %s: completed", scene_id)
+    elif not await updates.exists(scene_id=scene_id):
+        # Deleted while we worked: its deletion task may have run before this upload; leave nothing.
+        removed = await storage.get_storage().delete_prefix(storage.scene_prefix(scene_id))
+        logger.info("ingest %s: the scene was deleted meanwhile; removed %d stored objects", scene_id, removed)
     else:
-        timings = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in steps.items())
-        logger.info("ingest %s: completed, %s bytes at %s (%s)", scene_id, info.size_bytes, key, timings)
+        logger.warning("ingest %s: stored, but the scene was moved meanwhile (taken over)", scene_id)
 
 
 async def _failed(scene_id: str, error: MediastoreError, attempts: int | None) -> str:
