@@ -107,3 +107,21 @@ def test_bulk_delete_of_twenty_scenes_leaves_no_stored_file(start_worker, tmp_pa
     assert not Scene.objects.exists()
     wait_until(lambda: not any(p.is_file() for p in media_root.rglob("*")), timeout=60,
                what="every stored file to be deleted")
+
+
+@pytest.mark.django_db
+def test_scene_detail_shows_the_full_error_and_the_task_result():
+    from django_celery_results.models import TaskResult
+
+    staff = _staff("inspector", "view_scene", "change_scene")
+    scene = services.scene_create(owner=staff, source_url="https://example.com/v.mp4")
+    services.scene_fail(scene_id=scene.pk, error_code="not_found", error_message="HTTP Error 404 " + "x" * 300)
+    Scene.objects.filter(pk=scene.pk).update(task_id="task-123")
+    TaskResult.objects.create(task_id="task-123", status="FAILURE")
+
+    page = _browser(staff).get(f"/admin/scenes/scene/{scene.pk}/change/").content.decode()
+
+    assert "HTTP Error 404 " + "x" * 300 in page  # the whole message, not a shortened one
+    assert "/admin/django_celery_results/taskresult/" in page
+    assert 'name="title"' in page  # editable
+    assert 'name="source_url"' not in page  # read-only
