@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from mediastore.env import parse_duration
 from scenes import selectors, services
-from scenes.services import SceneStateConflict
-
-
-def duration(text: str) -> dt.timedelta:
-    try:
-        return dt.timedelta(seconds=parse_duration(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration such as 90s, 30m, 24h: {text!r}") from None
+from scenes.management.commands._requeue import apply_each, duration
 
 
 class Command(BaseCommand):
@@ -38,13 +28,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"would queue {scene.pk} ({scene.error_code}: {scene.source_url})")
             self.stdout.write(f"requeue_failed: {len(scenes)} failed scene(s) would be queued (dry run)")
             return
-        queued, conflicts = 0, 0
-        for scene in scenes:
-            try:
-                services.scene_retry(scene=scene)
-                queued += 1
-            except SceneStateConflict:
-                conflicts += 1  # moved since we read it
+        queued, conflicts = apply_each(scenes, lambda scene: services.scene_retry(scene=scene))
         self.stdout.write(f"requeue_failed: queued {queued}, skipped {conflicts} that changed meanwhile")
         if conflicts:
             raise CommandError(f"requeue_failed: {conflicts} scene(s) were not failed any more")

@@ -12,8 +12,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from scenes import selectors, services
-from scenes.management.commands.requeue_failed import duration
-from scenes.services import SceneStateConflict
+from scenes.management.commands._requeue import apply_each, duration
 
 
 class Command(BaseCommand):
@@ -32,11 +31,6 @@ class Command(BaseCommand):
                 self.stdout.write(f"would queue {scene.pk} ({scene.status}, last heard of {scene.updated_at:%c})")
             self.stdout.write(f"requeue_stuck: {len(stuck)} stuck scene(s) would be queued (dry run)")
             return
-        queued, moved = 0, 0
-        for scene in stuck:
-            try:
-                services.scene_requeue_stuck(scene=scene)
-                queued += 1
-            except SceneStateConflict:
-                moved += 1  # its worker was alive after all
+        # A scene that moved meanwhile had a live worker after all.
+        queued, moved = apply_each(stuck, lambda scene: services.scene_requeue_stuck(scene=scene))
         self.stdout.write(f"requeue_stuck: queued {queued}, skipped {moved} that moved meanwhile")
