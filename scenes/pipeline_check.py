@@ -18,10 +18,10 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import connection
 
 from mediastore.celery import app as celery_app
 from mediastore.fingerprint import config_fingerprint
+from mediastore.health import check_broker, check_database, check_object_store
 from scenes import services
 from scenes.models import Scene
 
@@ -47,31 +47,6 @@ def _attempt(number: str, name: str, check: Any) -> Check:
     return Check(number, name, "PASS", reason)
 
 
-def _database() -> str:
-    connection.ensure_connection()
-    return f"{connection.vendor} answers"
-
-
-def _broker() -> str:
-    with celery_app.connection_for_write() as broker:
-        broker.ensure_connection(max_retries=1, timeout=3)
-    return "broker answers"
-
-
-def _object_store() -> str:
-    if settings.R2_BUCKET:
-        from scenes.links import _signer
-
-        _signer().head_bucket(Bucket=settings.R2_BUCKET)
-        return f"bucket {settings.R2_BUCKET} answers"
-    root = Path(settings.MEDIA_ROOT)
-    root.mkdir(parents=True, exist_ok=True)
-    probe = root / ".check-pipeline"
-    probe.write_bytes(b"ok")
-    probe.unlink()
-    return f"local folder {root} is writable"
-
-
 def _worker_info(timeout: float) -> dict[str, Any]:
     from downloads.tasks import worker_info
 
@@ -79,9 +54,9 @@ def _worker_info(timeout: float) -> dict[str, Any]:
 
 
 def run_checks(*, e2e: bool, timeout: float = 60.0) -> Iterator[Check]:
-    yield _attempt("0.1", "database", _database)
-    yield _attempt("0.1", "broker", _broker)
-    yield _attempt("0.1", "object store", _object_store)
+    yield _attempt("0.1", "database", check_database)
+    yield _attempt("0.1", "broker", check_broker)
+    yield _attempt("0.1", "object store", check_object_store)
     answers = celery_app.control.ping(timeout=3.0) or []
     if not answers:
         yield Check("0.1", "worker", "FAIL", "no worker answered a ping within 3 s; is the worker running?")
