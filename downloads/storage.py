@@ -48,6 +48,17 @@ class Storage(Protocol):
     async def keys(self, prefix: str) -> list[str]: ...
 
 
+def s3_connection() -> dict[str, Any]:
+    """Where and as whom to reach the store: one definition for the worker's async client and the web's
+    sync one, so a presigned URL always points where the media went."""
+    return {
+        "endpoint_url": settings.R2_ENDPOINT_URL,
+        "aws_access_key_id": settings.R2_ACCESS_KEY_ID,
+        "aws_secret_access_key": settings.R2_SECRET_ACCESS_KEY,
+        "region_name": settings.R2_REGION,
+    }
+
+
 def _new_s3_client() -> AbstractAsyncContextManager[Any]:
     config = AioConfig(
         connect_timeout=10,
@@ -56,14 +67,7 @@ def _new_s3_client() -> AbstractAsyncContextManager[Any]:
         retries={"max_attempts": 3, "mode": "standard"},
         max_pool_connections=128,  # -c 100 uploads share one client
     )
-    return get_session().create_client(  # type: ignore[no-any-return]
-        "s3",
-        endpoint_url=settings.R2_ENDPOINT_URL,
-        aws_access_key_id=settings.R2_ACCESS_KEY_ID,
-        aws_secret_access_key=settings.R2_SECRET_ACCESS_KEY,
-        region_name=settings.R2_REGION,
-        config=config,
-    )
+    return get_session().create_client("s3", config=config, **s3_connection())  # type: ignore[no-any-return]
 
 
 async def s3_client() -> Any:

@@ -15,13 +15,12 @@ PRESIGNED_SECONDS = 3600
 
 @lru_cache(maxsize=1)
 def _signer() -> Any:
-    # A sync botocore client only signs URLs locally; it never talks to the store.
+    # The web side's sync client: signs URLs locally, and answers readiness checks (head_bucket).
     import botocore.session
 
-    return botocore.session.get_session().create_client(
-        "s3", endpoint_url=settings.R2_ENDPOINT_URL, region_name=settings.R2_REGION,
-        aws_access_key_id=settings.R2_ACCESS_KEY_ID, aws_secret_access_key=settings.R2_SECRET_ACCESS_KEY,
-    )
+    from downloads.storage import s3_connection
+
+    return botocore.session.get_session().create_client("s3", **s3_connection())
 
 
 def _link(scene: Scene, key: str, kind: str, request: Any) -> str | None:
