@@ -12,21 +12,19 @@ from pathlib import Path
 
 from benchmarks.common import Result, ingest_and_wait, looped_video, s3_stack, scratch_dir
 from tests.harness.media import MediaServer, generate_media
+from tests.harness.services import s3_test_client
 
 SIZE = 200 * 1024 * 1024
 
 
 def _raw_baseline(url: str, workdir: Path, endpoint: str) -> float:
-    import boto3
-
     ytdlp = str(Path(sys.executable).with_name("yt-dlp"))
     out = workdir / "raw"
     out.mkdir()
     started = time.perf_counter()
     subprocess.run([ytdlp, "--ignore-config", "--quiet", "-P", str(out), "-o", "media.%(ext)s", "--", url],
                    check=True, timeout=600)
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="bench", aws_secret_access_key="bench")
+    client = s3_test_client(endpoint)
     client.upload_file(str(out / "media.mp4"), "bench", "raw/media.mp4")
     elapsed = time.perf_counter() - started
     client.close()

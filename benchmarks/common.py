@@ -8,7 +8,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.services import CeleryWorker, celery_broker, redis_server, s3_server, worker_environment
+from tests.harness.services import (
+    CeleryWorker,
+    celery_broker,
+    r2_env,
+    redis_server,
+    s3_server,
+    s3_test_client,
+    worker_environment,
+)
 
 
 @dataclass(frozen=True)
@@ -57,15 +65,11 @@ def scratch_dir(name: str) -> tempfile.TemporaryDirectory[str]:
 def s3_stack(*, concurrency: int, workdir: Path, database_url: str,
              env: dict[str, str] | None = None) -> Iterator[tuple[str, str, CeleryWorker]]:
     """moto's S3 server with a bucket, redis and a worker storing there; yields (endpoint, bucket, worker)."""
-    import boto3
-
     with s3_server(workdir) as endpoint:
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                              aws_access_key_id="bench", aws_secret_access_key="bench")
+        client = s3_test_client(endpoint)
         client.create_bucket(Bucket="bench")
         client.close()
-        s3_env = {"R2_BUCKET": "bench", "R2_ENDPOINT_URL": endpoint, "R2_ACCESS_KEY_ID": "bench",
-                  "R2_SECRET_ACCESS_KEY": "bench", "R2_REGION": "us-east-1", **(env or {})}
+        s3_env = {**r2_env(endpoint=endpoint, bucket="bench"), **(env or {})}
         with broker_and_worker(concurrency=concurrency, workdir=workdir, database_url=database_url,
                                env=s3_env) as (_, worker):
             yield endpoint, "bench", worker

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -14,7 +16,7 @@ from django.db import connections
 
 from mediastore import celery_app
 from tests.harness.media import MediaFiles, MediaServer, generate_media
-from tests.harness.services import CeleryWorker, redis_server, s3_server, worker_environment
+from tests.harness.services import CeleryWorker, redis_server, s3_server, s3_test_client, worker_environment
 
 USING_MONGODB = (os.environ.get("DATABASE_URL") or "").startswith(("mongodb://", "mongodb+srv://"))
 
@@ -63,6 +65,18 @@ def broker_url(redis_session_url: str) -> str:
 def s3_endpoint(harness_dir: Path) -> Iterator[str]:
     with s3_server(harness_dir / "s3") as url:
         yield url
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> Iterator[tuple[Any, str]]:
+    """A fresh bucket on the session's S3 server; yields (boto3 client, bucket name)."""
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    client = s3_test_client(s3_endpoint)
+    client.create_bucket(Bucket=name)
+    try:
+        yield client, name
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")

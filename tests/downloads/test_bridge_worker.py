@@ -16,6 +16,7 @@ from downloads.exceptions import UnsupportedUrlError
 from scenes import services
 from scenes.models import Scene
 from tests.harness.processes import wait_until
+from tests.harness.services import r2_env
 from tests.harness.tasks import (
     async_hard_limited,
     async_raise,
@@ -157,8 +158,7 @@ def test_hard_limit_fails_the_task_and_kills_its_process_tree(start_worker, tmp_
 
 
 def test_shared_s3_client_is_one_object_per_worker(start_worker, s3_endpoint: str):
-    start_worker(env={"R2_BUCKET": "shared-client", "R2_ENDPOINT_URL": s3_endpoint, "R2_ACCESS_KEY_ID": "test",
-                      "R2_SECRET_ACCESS_KEY": "test", "R2_REGION": "us-east-1"})
+    start_worker(env=r2_env(endpoint=s3_endpoint, bucket="shared-client"))
 
     identities = {tuple(async_s3_client_identity.delay().get(timeout=30)) for _ in range(5)}
 

@@ -8,7 +8,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import boto3
 import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
@@ -19,6 +18,7 @@ from scenes.models import Scene
 from tests.harness.faults import FaultProxy, is_upload_part
 from tests.harness.media import MediaServer
 from tests.harness.processes import wait_until
+from tests.harness.services import r2_env
 
 LIMITS = {
     "MEDIA_MAX_FILESIZE": "10M",
@@ -30,13 +30,8 @@ LIMITS = {
 
 
 @pytest.fixture
-def bucket(s3_endpoint: str, request: pytest.FixtureRequest):
-    name = f"media-{request.node.name[:20].lower().replace('_', '-')}-{int(time.time() * 1000) % 100000}"
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
-    client.create_bucket(Bucket=name)
-    yield client, name
-    client.close()
+def bucket(s3_bucket):
+    return s3_bucket
 
 
 @pytest.fixture
@@ -51,8 +46,7 @@ def s3_worker(start_worker, bucket, s3_endpoint: str, job_tmp: Path):
     _, name = bucket
 
     def start(**overrides: str):
-        env = {**LIMITS, "R2_BUCKET": name, "R2_ENDPOINT_URL": s3_endpoint, "R2_ACCESS_KEY_ID": "test",
-               "R2_SECRET_ACCESS_KEY": "test", "R2_REGION": "us-east-1", "TMPDIR": str(job_tmp), **overrides}
+        env = {**LIMITS, **r2_env(endpoint=s3_endpoint, bucket=name), "TMPDIR": str(job_tmp), **overrides}
         return start_worker(concurrency=10, env=env)
 
     return start

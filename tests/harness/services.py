@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -135,3 +136,19 @@ def celery_broker(url: str) -> Iterator[None]:
         yield
     finally:
         switch(previous)
+
+
+S3_TEST_KEY = "test"
+
+
+def r2_env(*, endpoint: str, bucket: str, key: str = S3_TEST_KEY) -> dict[str, str]:
+    """The R2_* variables that point a worker (or the web side) at a test S3 server's bucket."""
+    return {"R2_BUCKET": bucket, "R2_ENDPOINT_URL": endpoint, "R2_ACCESS_KEY_ID": key,
+            "R2_SECRET_ACCESS_KEY": key, "R2_REGION": "us-east-1"}
+
+
+def s3_test_client(endpoint: str, key: str = S3_TEST_KEY) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key,
+                        aws_secret_access_key=key)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import boto3
 import pytest
 from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
@@ -15,6 +14,7 @@ from scenes.models import Scene
 from tests.harness.faults import FaultProxy
 from tests.harness.media import MediaServer
 from tests.harness.processes import wait_until
+from tests.harness.services import r2_env
 
 LIMITS = {"MEDIA_MAX_FILESIZE": "20M", "MEDIA_SOCKET_TIMEOUT": "5", "MEDIA_DOWNLOAD_TIMEOUT": "120"}
 
@@ -29,18 +29,12 @@ def api(transactional_db, settings):
 
 
 @pytest.fixture
-def s3(s3_endpoint: str):
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
-    name = f"api-{int(time.time() * 1000) % 10_000_000}"
-    client.create_bucket(Bucket=name)
-    yield client, name
-    client.close()
+def s3(s3_bucket):
+    return s3_bucket
 
 
 def _s3_env(endpoint: str, bucket: str) -> dict[str, str]:
-    return {**LIMITS, "R2_BUCKET": bucket, "R2_ENDPOINT_URL": endpoint, "R2_ACCESS_KEY_ID": "test",
-            "R2_SECRET_ACCESS_KEY": "test", "R2_REGION": "us-east-1"}
+    return {**LIMITS, **r2_env(endpoint=endpoint, bucket=bucket)}
 
 
 def _keys(s3) -> list[str]:

@@ -2,36 +2,30 @@
 
 from __future__ import annotations
 
-import time
 from io import StringIO
 
-import boto3
 import pytest
 from django.core.management import CommandError, call_command
 
 from scenes.models import Scene
+from tests.harness.services import r2_env
 
 
 @pytest.fixture
-def bucket(s3_endpoint: str, settings):
-    name = f"check-{int(time.time() * 1000) % 10_000_000}"
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
-    client.create_bucket(Bucket=name)
+def bucket(s3_bucket, s3_endpoint: str, settings):
+    _, name = s3_bucket
     # The web side (this process) and the worker use the same object store, as in production.
-    settings.R2_BUCKET, settings.R2_ENDPOINT_URL, settings.R2_REGION = name, s3_endpoint, "us-east-1"
-    settings.R2_ACCESS_KEY_ID, settings.R2_SECRET_ACCESS_KEY = "test", "test"
+    for variable, value in r2_env(endpoint=s3_endpoint, bucket=name).items():
+        setattr(settings, variable, value)
     from scenes.links import _signer
 
     _signer.cache_clear()
-    yield client, name
+    yield s3_bucket
     _signer.cache_clear()
-    client.close()
 
 
 def _worker_env(s3_endpoint: str, bucket_name: str) -> dict[str, str]:
-    return {"R2_BUCKET": bucket_name, "R2_ENDPOINT_URL": s3_endpoint, "R2_ACCESS_KEY_ID": "test",
-            "R2_SECRET_ACCESS_KEY": "test", "R2_REGION": "us-east-1", "MEDIA_DOWNLOAD_TIMEOUT": "60"}
+    return {**r2_env(endpoint=s3_endpoint, bucket=bucket_name), "MEDIA_DOWNLOAD_TIMEOUT": "60"}
 
 
 def _check(*args: str) -> tuple[str, CommandError | None]:
