@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 # command-to-check=debian-package
 RUN_DEPS := redis-server=redis-server ffmpeg=ffmpeg ffprobe=ffmpeg
-TEST_DEPS := $(RUN_DEPS) docker-compose=docker-compose
+TEST_DEPS := $(RUN_DEPS) docker-compose=docker-compose chromium=chromium
 
 .PHONY: help run test bench lint typecheck system-deps-run system-deps-test
 

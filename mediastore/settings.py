@@ -91,6 +91,7 @@ INSTALLED_APPS = _DB.installed_apps(
         "drf_spectacular",
         "drf_spectacular_sidecar",
         "django_celery_results",
+        "django_htmx",
         "scenes",
         "downloads",
     ]
@@ -105,9 +106,13 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
 ]
 
 ROOT_URLCONF = "mediastore.urls"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "scene-page"
+LOGOUT_REDIRECT_URL = "login"
 WSGI_APPLICATION = "mediastore.wsgi.application"
 
 TEMPLATES = [

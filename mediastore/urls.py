@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from mediastore.health import healthz, readyz
+from scenes import views as pages
 from scenes.api import MediaStoreView, MeView, ProjectViewSet, SceneViewSet
 from scenes.views import SceneFileView
 
@@ -23,6 +24,11 @@ router.register("scenes", SceneViewSet, basename="scene")
 router.register("projects", ProjectViewSet, basename="project")
 
 urlpatterns = [
+    path("", pages.scene_page, name="scene-page"),
+    path("scenes/", pages.scene_submit, name="page-submit"),
+    path("scenes/<str:scene_id>/row", pages.scene_row, name="page-row"),
+    path("scenes/<str:scene_id>/retry", pages.scene_retry, name="page-retry"),
+    path("scenes/<str:scene_id>/delete", pages.scene_delete, name="page-delete"),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("healthz", healthz, name="healthz"),

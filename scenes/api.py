@@ -244,8 +244,7 @@ class ProjectViewSet(viewsets.ModelViewSet[Project]):
             return Project.objects.none()
         user = self.request.user
         assert isinstance(user, User)
-        projects = Project.objects.order_by("-created_at")
-        return projects if user.is_staff else projects.filter(owner=user)
+        return selectors.project_list(owner=None if user.is_staff else user)
 
     def perform_create(self, serializer: serializers.BaseSerializer[Project]) -> None:
         user = self.request.user

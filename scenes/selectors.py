@@ -8,7 +8,7 @@ from django.contrib.auth.models import User
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from scenes.models import Scene
+from scenes.models import Project, Scene
 
 
 def scene_list(
@@ -23,6 +23,17 @@ def scene_list(
     if project_id is not None:
         scenes = scenes.filter(project_id=project_id)
     return scenes
+
+
+def scene_owned(*, owner: User, scene_id: str) -> Scene | None:
+    """The owner's scene with that id, or None: someone else's scene and a missing one look the same."""
+    return Scene.objects.select_related("project").filter(owner=owner, pk=scene_id).first()
+
+
+def project_list(*, owner: User | None = None) -> QuerySet[Project]:
+    """Newest first; ``owner=None`` means every owner (staff views)."""
+    projects = Project.objects.order_by("-created_at")
+    return projects if owner is None else projects.filter(owner=owner)
 
 
 def scenes_failed(

@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
 from pathlib import Path
+from typing import Any, cast
+from urllib.parse import quote
 
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.models import User
-from django.http import FileResponse
+from django.contrib.auth.views import redirect_to_login
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render, resolve_url
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling, reswap, retarget
+from django_htmx.middleware import HtmxDetails
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from scenes import selectors, services
+from scenes.api import StoreThrottle
+from scenes.forms import StoreForm
+from scenes.links import media_url, thumbnail_url
 from scenes.models import Scene
+
+_PageView = Callable[..., HttpResponse]
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails  # set by django_htmx's middleware
 
 
 class SceneFileView(APIView):
@@ -38,3 +62,158 @@ class SceneFileView(APIView):
             raise exceptions.NotFound()
         content_type = (scene.content_type or "application/octet-stream") if kind == "media" else "image/jpeg"
         return FileResponse(path.open("rb"), content_type=content_type)
+
+
+# --- The status page: Django templates + htmx. Views parse input and call selectors and services. ---------
+
+PAGE_SIZE = 20
+POLL_SECONDS = 1  # how often a row that is not finished asks for itself again
+
+
+@dataclass(frozen=True)
+class SceneRow:
+    """One scene as the page shows it: links are worked out here, so templates hold no logic."""
+
+    scene: Scene
+    media_url: str | None
+    thumbnail_url: str | None
+    notice: str = ""
+    poll_seconds: int = POLL_SECONDS
+
+    @property
+    def polling(self) -> bool:
+        return self.scene.status not in Scene.TERMINAL_STATUSES
+
+
+def _row(scene: Scene, request: HtmxHttpRequest, notice: str = "") -> SceneRow:
+    return SceneRow(scene=scene, media_url=media_url(scene, request=request),
+                    thumbnail_url=thumbnail_url(scene, request=request), notice=notice)
+
+
+def _user(request: HtmxHttpRequest) -> User:
+    user = request.user
+    assert isinstance(user, User)
+    return user
+
+
+def signed_in(view: _PageView) -> _PageView:
+    """``login_required`` that also serves htmx: a fragment request gets ``HX-Redirect`` to the login page, so
+    an expired session shows the login page instead of swapping it into a row."""
+
+    @wraps(view)
+    def wrapper(request: HtmxHttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.user.is_authenticated:
+            return view(request, *args, **kwargs)
+        if request.htmx:
+            current = request.htmx.current_url_abs_path or reverse("scene-page")
+            return HttpResponseClientRedirect(f"{resolve_url(settings.LOGIN_URL)}?next={quote(current)}")
+        return redirect_to_login(request.get_full_path())
+
+    return wrapper
+
+
+def _gone(request: HtmxHttpRequest) -> HttpResponse:
+    """The scene is not there (deleted elsewhere, or not the caller's). htmx: 286 with no body removes the
+    row and stops its polling; a plain request gets the 404 page."""
+    if request.htmx:
+        return HttpResponseStopPolling("")
+    raise Http404("No such scene.")
+
+
+def _page(request: HtmxHttpRequest, *, form: StoreForm, status: int = 200, form_error: str = "") -> HttpResponse:
+    status_filter = request.GET.get("status") or None
+    notice = ""
+    if status_filter is not None and status_filter not in Scene.Status.values:
+        notice = f"There is no status “{status_filter}”; showing every scene."
+        status_filter = None
+    scenes = selectors.scene_list(owner=_user(request), status=status_filter)
+    page = Paginator(scenes, PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "scenes/page.html", {
+        "form": form, "form_error": form_error, "page": page, "rows": [_row(s, request) for s in page],
+        "status_filter": status_filter, "statuses": Scene.Status.choices, "notice": notice,
+    }, status=status)
+
+
+@signed_in
+@require_safe
+def scene_page(request: HtmxHttpRequest) -> HttpResponse:
+    return _page(request, form=StoreForm(owner=_user(request)))
+
+
+def _form_error(request: HtmxHttpRequest, form: StoreForm, *, status: int, message: str = "",
+                headers: dict[str, str] | None = None) -> HttpResponse:
+    """The form again with its errors: in place of the form for htmx, the whole page otherwise."""
+    if request.htmx:
+        response = render(request, "scenes/_form.html", {"form": form, "form_error": message}, status=status)
+        response = reswap(retarget(response, "#store-form"), "outerHTML")
+    else:
+        response = _page(request, form=form, status=status, form_error=message)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+@signed_in
+@require_POST
+def scene_submit(request: HtmxHttpRequest) -> HttpResponse:
+    user = _user(request)
+    form = StoreForm(request.POST, owner=user)
+    # The API's throttle and counter: a person cannot get around the limit by switching to the page.
+    throttle = StoreThrottle()
+    if not throttle.allow_request(cast(Any, request), cast(Any, None)):
+        wait = max(1, math.ceil(throttle.wait() or 1))
+        message = f"You have sent many URLs in a short time. Try again in {wait} s."
+        return _form_error(request, form, status=429, message=message, headers={"Retry-After": str(wait)})
+    if not form.is_valid():
+        return _form_error(request, form, status=form.error_status())
+    scene = services.scene_store(owner=user, source_url=form.cleaned_data["url"],
+                                 project=form.cleaned_data["project"])
+    if not request.htmx:
+        return redirect("scene-page")
+    return render(request, "scenes/_created.html", {"row": _row(scene, request), "form": StoreForm(owner=user)},
+                  status=202)
+
+
+@signed_in
+@require_safe
+def scene_row(request: HtmxHttpRequest, scene_id: str) -> HttpResponse:
+    scene = selectors.scene_owned(owner=_user(request), scene_id=scene_id)
+    if scene is None:
+        return _gone(request)
+    return render(request, "scenes/_row.html", {"row": _row(scene, request)})
+
+
+@signed_in
+@require_POST
+def scene_retry(request: HtmxHttpRequest, scene_id: str) -> HttpResponse:
+    scene = selectors.scene_owned(owner=_user(request), scene_id=scene_id)
+    if scene is None:
+        return _gone(request)
+    notice, status = "", 202
+    try:
+        scene = services.scene_retry(scene=scene)
+    except services.SceneStateConflict:
+        scene.refresh_from_db()
+        notice, status = f"Only failed scenes can be retried; this one is {scene.get_status_display().lower()}.", 409
+    if not request.htmx:
+        if notice:
+            messages.warning(request, notice)
+        return redirect("scene-page")
+    return render(request, "scenes/_row.html", {"row": _row(scene, request, notice=notice)}, status=status)
+
+
+@signed_in
+@require_http_methods(["GET", "POST"])
+def scene_delete(request: HtmxHttpRequest, scene_id: str) -> HttpResponse:
+    """POST deletes; GET is the confirmation page for browsers without JavaScript (htmx asks with
+    ``hx-confirm`` instead)."""
+    scene = selectors.scene_owned(owner=_user(request), scene_id=scene_id)
+    if scene is None:
+        return _gone(request)
+    if request.method == "GET":
+        return render(request, "scenes/confirm_delete.html", {"row": _row(scene, request)})
+    services.scene_delete(scene=scene)
+    if request.htmx:
+        return HttpResponse("")  # the row is swapped for nothing
+    messages.success(request, "The scene and its stored media were deleted.")
+    return redirect("scene-page")
