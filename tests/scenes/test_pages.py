@@ -116,11 +116,18 @@ def test_list_shows_every_field_of_a_row(page, alice):
     html = page.get("/").content.decode()
 
     assert "Beach &lt;b&gt;day&lt;/b&gt;" in html  # titles are untrusted: escaped
-    assert "2:05" in html and "11.8\xa0MB" in html and "1280×720" in html and "Holidays" in html
+    assert "2:05" in html
+    assert "11.8\xa0MB" in html
+    assert "1280\u00d7720" in html
+    assert "Holidays" in html
     assert re.search(r'<img src="[^"]*/thumbnail"', html)
     assert "Open media" in html
-    assert "not_found" in html and "The source answered 404." in html and "Retry" in html
-    assert re.search(r'<progress max="100" value="37"', html) and ">37%<" in html and "Downloading" in html
+    assert "not_found" in html
+    assert "The source answered 404." in html
+    assert "Retry" in html
+    assert re.search(r'<progress max="100" value="37"', html)
+    assert ">37%<" in html
+    assert "Downloading" in html
     assert html.count("Delete</a>") == 3
 
 
@@ -151,7 +158,8 @@ def test_list_is_paginated_20_to_a_page(page, alice):
 
     assert _row_ids(first) == [s.pk for s in reversed(scenes[5:])]
     assert _row_ids(second) == [s.pk for s in reversed(scenes[:5])]
-    assert 'href="?page=2" rel="next"' in first and "Page 1 of 2" in first
+    assert 'href="?page=2" rel="next"' in first
+    assert "Page 1 of 2" in first
 
 
 def test_empty_list_says_how_to_start(page):
@@ -176,7 +184,8 @@ def test_finished_row_does_not_poll(page, alice, status):
     html = page.get(f"/scenes/{scene.pk}/row", **HX).content.decode()
 
     assert f'data-status="{status}"' in html
-    assert "hx-trigger" not in html and "/row" not in html
+    assert "hx-trigger" not in html
+    assert "/row" not in html
 
 
 def test_row_of_a_deleted_scene_stops_polling_and_removes_itself(page, alice):
@@ -196,8 +205,10 @@ def test_row_of_someone_elses_scene_reveals_nothing(page, bob):
     fragment = page.get(f"/scenes/{scene.pk}/row", **HX)
     plain = page.get(f"/scenes/{scene.pk}/row")
 
-    assert fragment.status_code == 286 and fragment.content == b""
-    assert plain.status_code == 404 and b"secret" not in plain.content
+    assert fragment.status_code == 286
+    assert fragment.content == b""
+    assert plain.status_code == 404
+    assert b"secret" not in plain.content
 
 
 # --- Submitting -------------------------------------------------------------------------------------------
@@ -209,7 +220,8 @@ def test_submit_stores_and_answers_with_the_new_row_and_a_fresh_form(page, alice
     scene = Scene.objects.get(owner=alice)
     html = response.content.decode()
     assert response.status_code == 202
-    assert scene.status == Scene.Status.QUEUED and scene.source_url == PUBLIC_URL
+    assert scene.status == Scene.Status.QUEUED
+    assert scene.source_url == PUBLIC_URL
     assert _row_ids(html) == [scene.pk]
     assert 'hx-trigger="every 1s"' in html
     assert re.search(r'<form id="store-form"[^>]*hx-swap-oob="true"', html)
@@ -238,7 +250,8 @@ def test_submit_refuses_someone_elses_project(page, bob):
 def test_submit_without_javascript_redirects_back_to_the_list(page, alice, broker_url):
     response = page.post("/scenes/", {"url": PUBLIC_URL})
 
-    assert response.status_code == 302 and response["Location"] == "/"
+    assert response.status_code == 302
+    assert response["Location"] == "/"
     assert Scene.objects.filter(owner=alice).count() == 1
 
 
@@ -253,7 +266,8 @@ def test_bad_url_is_explained_next_to_the_field(page, url, status, words):
 
     html = response.content.decode()
     assert response.status_code == status
-    assert response["HX-Retarget"] == "#store-form" and response["HX-Reswap"] == "outerHTML"
+    assert response["HX-Retarget"] == "#store-form"
+    assert response["HX-Reswap"] == "outerHTML"
     assert re.search(r'<p class="field-error" id="url-error" role="alert">[^<]*' + re.escape(words), html)
     assert not Scene.objects.exists()
 
@@ -262,7 +276,8 @@ def test_bad_url_without_javascript_shows_the_whole_page_with_the_error(page):
     response = page.post("/scenes/", {"url": "ftp://example.com/v.mp4"})
 
     assert response.status_code == 400
-    assert b'id="scene-rows"' in response.content and b"Only http:// and https://" in response.content
+    assert b'id="scene-rows"' in response.content
+    assert b"Only http:// and https://" in response.content
 
 
 def test_submit_is_throttled_with_the_apis_limit_and_says_when_to_try_again(page, settings, broker_url):
@@ -295,8 +310,10 @@ def test_retry_requeues_a_failed_scene_and_the_row_polls_again(page, alice, brok
 
     scene.refresh_from_db()
     assert response.status_code == 202
-    assert scene.status == Scene.Status.QUEUED and scene.error_code == ""
-    assert 'data-status="queued"' in response.content.decode() and 'hx-trigger="every 1s"' in response.content.decode()
+    assert scene.status == Scene.Status.QUEUED
+    assert scene.error_code == ""
+    assert 'data-status="queued"' in response.content.decode()
+    assert 'hx-trigger="every 1s"' in response.content.decode()
     assert _queued_task_args(broker_url) == [repr([scene.pk])]
 
 
@@ -317,7 +334,8 @@ def test_delete_removes_the_scene_and_answers_with_nothing(page, alice, broker_u
 
     response = page.post(f"/scenes/{scene.pk}/delete", **HX)
 
-    assert response.status_code == 200 and response.content == b""
+    assert response.status_code == 200
+    assert response.content == b""
     assert not Scene.objects.filter(pk=scene.pk).exists()
     assert _queued_task_args(broker_url) == [repr([scene.pk])]  # the stored objects' delete task
 
@@ -328,7 +346,8 @@ def test_delete_without_javascript_asks_first(page, alice):
     response = page.get(f"/scenes/{scene.pk}/delete")
 
     assert response.status_code == 200
-    assert b"Delete this scene?" in response.content and b"keep me?" in response.content
+    assert b"Delete this scene?" in response.content
+    assert b"keep me?" in response.content
     assert Scene.objects.filter(pk=scene.pk).exists()
 
 

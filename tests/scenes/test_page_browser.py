@@ -1,0 +1,284 @@
+"""The status page in a real browser (Debian's Chromium, headless, through Playwright) against the real stack:
+the app on a live server, a ``-P gevent`` worker with real yt-dlp and ffmpeg, Redis, and the loopback media
+server. Screenshots go to ``test-artifacts/status-page/``.
+
+Rows the tests need are written before the browser starts (see ``tests/harness/browser.py``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from playwright.sync_api import expect
+
+from scenes.models import Scene
+from tests.harness.browser import chromium, screenshot
+from tests.harness.media import MediaServer
+from tests.harness.processes import wait_until
+
+PASSWORD = "page-user-pass-123"
+LIMITS = {"MEDIA_MAX_FILESIZE": "50M", "MEDIA_SOCKET_TIMEOUT": "5", "MEDIA_DOWNLOAD_TIMEOUT": "120"}
+DONE = 90_000  # ms: how long a fixture may take from submit to completed on a loaded 2-core machine
+
+# Every status the rows of the list take, in the order the page shows them, recorded by the page itself:
+# a MutationObserver sees swaps that a test polling from outside could miss between two looks.
+RECORD_ROWS = """() => {
+  window.__seen = [];
+  const look = () => document.querySelectorAll('#scene-rows > li.scene').forEach(li => {
+    const pct = li.querySelector('.percent');
+    window.__seen.push([li.dataset.sceneId, li.dataset.status, pct ? pct.textContent.trim() : '']);
+  });
+  new MutationObserver(look).observe(document.getElementById('scene-rows'), {childList: true, subtree: true});
+}"""
+
+
+@pytest.fixture
+def user(transactional_db):
+    return get_user_model().objects.create_user("page-user", password=PASSWORD)
+
+
+@pytest.fixture
+def app(live_server, settings, tmp_path: Path):
+    """The app on a live server, serving the worker's local media folder; its URL."""
+    settings.MEDIA_ALLOWED_NETWORKS = ["127.0.0.0/8"]  # the loopback media server
+    settings.MEDIA_ROOT = tmp_path / "worker-data" / "media"  # start_worker's DATA_DIR
+    return live_server.url
+
+
+@pytest.fixture
+def worker(start_worker):
+    return start_worker(concurrency=4, env=LIMITS)
+
+
+@pytest.fixture
+def browser(user, app) -> Iterator[Any]:
+    # Depends on the rows (user) and the app: those are set up before, and torn down after, the browser.
+    with chromium() as browser:
+        yield browser
+
+
+def _sign_in(browser: Any, app: str, *, javascript: bool = True, width: int = 1280, height: int = 900) -> Any:
+    context = browser.new_context(viewport={"width": width, "height": height}, java_script_enabled=javascript)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    page.goto(app + "/")
+    expect(page).to_have_url(re.compile(r"/accounts/login/\?next=/$"))
+    page.fill("#id_username", "page-user")
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(app + "/")
+    return page
+
+
+def _row(page: Any, scene_id: str | None = None) -> Any:
+    if scene_id is None:
+        return page.locator("#scene-rows > li.scene").first
+    return page.locator(f"#scene-{scene_id}")
+
+
+def _seen(page: Any, scene_id: str) -> list[tuple[str, str]]:
+    """The statuses (with the percent shown) one row went through, repeats folded."""
+    steps: list[tuple[str, str]] = []
+    for seen_id, status, percent in page.evaluate("window.__seen"):
+        if seen_id == scene_id and (not steps or steps[-1] != (status, percent)):
+            steps.append((status, percent))
+    return steps
+
+
+def _wait_for_thumbnail(page: Any, scene_id: str) -> None:
+    page.wait_for_function(
+        "id => { const img = document.querySelector(`#scene-${id} .thumb img`);"
+        " return img && img.complete && img.naturalWidth > 0; }", arg=scene_id, timeout=15_000)
+
+
+def _store(page: Any, url: str) -> str:
+    """Submit a URL through the form; the id of the row that appears."""
+    before = page.locator("#scene-rows > li.scene").count()
+    page.fill("#id_url", url)
+    page.click("#store-form button[type=submit]")
+    expect(page.locator("#scene-rows > li.scene")).to_have_count(before + 1)
+    return str(_row(page).get_attribute("data-scene-id"))
+
+
+def test_submitted_url_goes_from_queued_through_progress_to_completed_without_a_reload(
+        request, browser, app, worker, media_server: MediaServer):
+    page = _sign_in(browser, app)
+    documents: list[str] = []
+    posts: list[Any] = []
+    page.on("request", lambda r: documents.append(r.url) if r.resource_type == "document" else None)
+    page.on("request", lambda r: posts.append(r) if r.method == "POST" else None)
+    page.evaluate(RECORD_ROWS)
+    page.evaluate("window.__sameDocument = true")
+    # About 6 s of download: several polls see the progress bar move.
+    rate = media_server.files.large.stat().st_size // 6
+
+    scene_id = _store(page, media_server.url(f"throttled.mp4?rate={rate}"))
+    screenshot(page, request.node.name, "1-queued")
+    expect(_row(page, scene_id).locator(".percent")).to_have_text(re.compile(r"^([1-9]|[1-9][0-9])%$"),
+                                                                  timeout=DONE)
+    screenshot(page, request.node.name, "2-processing")
+    expect(_row(page, scene_id)).to_have_attribute("data-status", "completed", timeout=DONE)
+    _wait_for_thumbnail(page, scene_id)
+    screenshot(page, request.node.name, "3-completed")
+
+    steps = _seen(page, scene_id)
+    statuses = [status for i, (status, _) in enumerate(steps) if i == 0 or steps[i - 1][0] != status]
+    assert statuses == ["queued", "processing", "completed"], steps
+    assert any(status == "processing" and percent not in {"", "0%", "100%"} for status, percent in steps), steps
+    assert page.evaluate("window.__sameDocument") is True
+    assert documents == []
+    assert _row(page).get_attribute("data-scene-id") == scene_id  # the new row is at the top
+    assert _row(page, scene_id).locator(".actions a", has_text="Open media").is_visible()
+    assert posts[0].headers["hx-request"] == "true"
+    assert len(posts[0].headers["x-csrftoken"]) == 64
+
+
+def test_invalid_url_shows_its_error_next_to_the_field_and_adds_no_row(request, browser, app):
+    page = _sign_in(browser, app)
+
+    page.fill("#id_url", "ftp://example.com/video.mp4")
+    page.click("#store-form button[type=submit]")
+    expect(page.locator("#url-error")).to_have_text("Only http:// and https:// URLs are accepted.")
+    screenshot(page, request.node.name, "invalid-url")
+    page.fill("#id_url", "http://10.20.30.40/video.mp4")
+    page.click("#store-form button[type=submit]")
+
+    expect(page.locator("#url-error")).to_contain_text("points to an address this server does not fetch from")
+    expect(page.locator("#id_url")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#scene-rows > li.scene")).to_have_count(0)
+    screenshot(page, request.node.name, "url-not-allowed")
+
+
+@pytest.fixture
+def failed_scene(user, media_server: MediaServer) -> Scene:
+    # A scene that failed earlier (say, storage was down) and whose source is fine now.
+    return Scene.objects.create(owner=user, source_url=media_server.url("video.mp4"), status=Scene.Status.FAILED,
+                                error_code="storage_error", error_message="The object store refused the upload.",
+                                attempts=1)
+
+
+def test_retrying_a_failed_scene_ingests_it(request, failed_scene, browser, app, worker):
+    page = _sign_in(browser, app)
+    row = _row(page, failed_scene.pk)
+    expect(row.locator(".error")).to_contain_text("The object store refused the upload.")
+    screenshot(page, request.node.name, "1-failed")
+
+    row.get_by_role("button", name="Retry").click()
+
+    expect(row).to_have_attribute("data-status", re.compile("queued|processing|completed"))
+    expect(row).to_have_attribute("data-status", "completed", timeout=DONE)
+    _wait_for_thumbnail(page, failed_scene.pk)
+    expect(row.locator(".error")).to_have_count(0)
+    screenshot(page, request.node.name, "2-completed")
+    scene = page.request.get(f"{app}/api/v1/scenes/{failed_scene.pk}").json()
+    assert (scene["status"], scene["attempts"], scene["error_code"]) == ("completed", 2, "")
+
+
+def test_deleting_a_scene_asks_first_then_removes_the_row_and_its_media(
+        request, browser, app, worker, media_server: MediaServer, settings):
+    page = _sign_in(browser, app)
+    scene_id = _store(page, media_server.url("video.mp4"))
+    row = _row(page, scene_id)
+    expect(row).to_have_attribute("data-status", "completed", timeout=DONE)
+    stored = [p for p in Path(settings.MEDIA_ROOT).rglob("*") if p.is_file() and scene_id in str(p)]
+    dialogs: list[str] = []
+
+    page.once("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    row.get_by_role("link", name="Delete").click()
+    expect(row).to_be_visible()  # dismissed: nothing happens
+    page.once("dialog", lambda d: (dialogs.append(d.message), d.accept()))
+    row.get_by_role("link", name="Delete").click()
+
+    expect(row).to_have_count(0)
+    screenshot(page, request.node.name, "deleted")
+    assert dialogs == ["Delete this scene and its stored media? This cannot be undone."] * 2
+    assert page.request.get(f"{app}/api/v1/scenes/{scene_id}").status == 404
+    assert len(stored) == 2  # the media and its thumbnail, both removed by the worker
+    wait_until(lambda: not any(p.exists() for p in stored), timeout=30, what="the stored files to be deleted")
+    page.reload()
+    expect(page.locator(f"#scene-{scene_id}")).to_have_count(0)
+
+
+def test_active_rows_poll_once_a_second_and_a_finished_page_goes_quiet(
+        request, browser, app, worker, media_server: MediaServer):
+    page = _sign_in(browser, app)
+    requests: list[tuple[float, str]] = []
+    page.on("request", lambda r: requests.append((time.monotonic(), r.url)))
+    rate = media_server.files.video.stat().st_size // 4  # about 4 s each: both rows poll for a while
+    first = _store(page, media_server.url(f"throttled.mp4?file=video.mp4&rate={rate}"))
+    second = _store(page, media_server.url(f"throttled.mp4?file=video.mp4&rate={rate}"))
+    window_start = time.monotonic()
+
+    for scene_id in (first, second):
+        expect(_row(page, scene_id)).to_have_attribute("data-status", "completed", timeout=DONE)
+        _wait_for_thumbnail(page, scene_id)
+    active_seconds = time.monotonic() - window_start
+    page.wait_for_timeout(300)  # the last responses' follow-ups (thumbnails) have been asked for by now
+    quiet_from = time.monotonic()
+    page.wait_for_timeout(5_000)
+    screenshot(page, request.node.name, "quiet")
+
+    polls = {scene_id: [t for t, url in requests if url.endswith(f"/scenes/{scene_id}/row") and t >= window_start]
+             for scene_id in (first, second)}
+    for scene_id, times in polls.items():
+        assert len(times) >= 2, f"row {scene_id} polled {len(times)} times in {active_seconds:.1f}s"
+        assert len(times) <= active_seconds / 1.0 + 1, f"row {scene_id}: {len(times)} polls in {active_seconds:.1f}s"
+        assert min(b - a for a, b in itertools.pairwise(times)) >= 0.9, times
+    assert [url for t, url in requests if t >= quiet_from] == []
+
+
+def test_post_without_csrf_token_is_refused(browser, app, media_server: MediaServer):
+    page = _sign_in(browser, app)
+
+    # The browser's session cookie and CSRF cookie go along; only the token is missing.
+    response = page.request.post(f"{app}/scenes/", form={"url": media_server.url("video.mp4")},
+                                 headers={"HX-Request": "true"})
+
+    assert response.status == 403
+    assert page.request.get(f"{app}/api/v1/scenes/").json()["count"] == 0
+
+
+@pytest.fixture
+def listed_scenes(user) -> list[Scene]:
+    long_url = "https://www.reddit.com/r/videos/comments/abc123/" + "a_very_long_title_" * 8
+    return [
+        Scene.objects.create(owner=user, source_url=long_url, status=Scene.Status.QUEUED),
+        Scene.objects.create(owner=user, source_url="https://example.com/a.mp4", status=Scene.Status.PROCESSING,
+                             stage=Scene.Stage.DOWNLOADING, progress=42),
+        Scene.objects.create(owner=user, source_url="https://example.com/b.mp4", status=Scene.Status.FAILED,
+                             error_code="not_found", error_message="The source answered 404."),
+        Scene.objects.create(owner=user, source_url="https://example.com/c.mp4", status=Scene.Status.COMPLETED,
+                             title="A finished one", duration=125.0, size_bytes=12_000_000, width=1280, height=720),
+    ]
+
+
+def test_list_is_readable_without_javascript(request, listed_scenes, browser, app):
+    page = _sign_in(browser, app, javascript=False)
+
+    rows = page.locator("#scene-rows > li.scene")
+    expect(rows).to_have_count(4)
+    expect(rows.nth(0)).to_contain_text("A finished one")
+    expect(rows.nth(0)).to_contain_text("Completed")
+    expect(rows.nth(1)).to_contain_text("The source answered 404.")
+    expect(rows.nth(2)).to_contain_text("42%")
+    expect(rows.nth(3)).to_contain_text("Waiting for a worker")
+    screenshot(page, request.node.name, "no-javascript")
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 900), (390, 844)], ids=["desktop", "phone"])
+def test_page_fits_the_screen_width(request, listed_scenes, browser, app, width, height):
+    page = _sign_in(browser, app, width=width, height=height)
+
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    boxes = [page.locator(selector).bounding_box() for selector in ("#store-form", "#scene-rows")]
+    screenshot(page, request.node.name, "list")
+
+    assert overflow <= 0
+    assert all(box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width for box in boxes)
