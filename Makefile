@@ -10,7 +10,8 @@ PYTEST_ARGS ?=
 
 # command-to-check=debian-package
 RUN_DEPS := redis-server=redis-server ffmpeg=ffmpeg ffprobe=ffmpeg
-TEST_DEPS := $(RUN_DEPS) docker-compose=docker-compose chromium=chromium
+# The browser tests use Debian's chromium; CHROMIUM_PATH points them at another Chromium or Chrome instead.
+TEST_DEPS := $(RUN_DEPS) docker-compose=docker-compose $(if $(CHROMIUM_PATH),,chromium=chromium)
 
 .PHONY: help run test bench lint typecheck system-deps-run system-deps-test
 

@@ -209,6 +209,7 @@ def test_row_of_someone_elses_scene_reveals_nothing(page, bob):
     assert fragment.content == b""
     assert plain.status_code == 404
     assert b"secret" not in plain.content
+    assert b"Back to your scenes" in plain.content
 
 
 # --- Submitting -------------------------------------------------------------------------------------------
