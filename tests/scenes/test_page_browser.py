@@ -156,6 +156,44 @@ def test_invalid_url_shows_its_error_next_to_the_field_and_adds_no_row(request, 
     screenshot(page, request.node.name, "url-not-allowed")
 
 
+def test_too_many_submissions_are_explained_under_the_field(request, browser, app, settings, broker_url,
+                                                           media_server: MediaServer):
+    settings.MEDIA_STORE_RATE = "1/min"
+    page = _sign_in(browser, app)
+    _store(page, media_server.url("video.mp4"))
+
+    page.fill("#id_url", media_server.url("video.mp4"))
+    page.click("#store-form button[type=submit]")
+
+    expect(page.locator("#url-error")).to_contain_text("You have sent many URLs in a short time. Try again in")
+    expect(page.locator("#scene-rows > li.scene")).to_have_count(1)
+    screenshot(page, request.node.name, "throttled")
+
+
+def test_a_request_that_gets_no_usable_answer_is_reported_then_cleared(request, browser, app, broker_url,
+                                                                      media_server: MediaServer):
+    page = _sign_in(browser, app)
+    alert = page.locator("#page-alert")
+    expect(alert).to_be_hidden()
+
+    page.route("**/scenes/", lambda route: route.abort("connectionrefused"))
+    page.fill("#id_url", media_server.url("video.mp4"))
+    page.click("#store-form button[type=submit]")
+    expect(alert).to_contain_text("The server cannot be reached.")
+    expect(alert).to_be_visible()
+    page.unroute("**/scenes/")
+    page.route("**/scenes/", lambda route: route.fulfill(status=500, body="boom"))
+    page.click("#store-form button[type=submit]")
+    expect(alert).to_contain_text("The server could not do that (HTTP 500).")
+    screenshot(page, request.node.name, "server-error")
+    page.unroute("**/scenes/")
+    page.click("#store-form button[type=submit]")
+
+    expect(page.locator("#scene-rows > li.scene")).to_have_count(1)
+    expect(alert).to_be_hidden()
+    assert "boom" not in page.content()
+
+
 @pytest.fixture
 def failed_scene(user, media_server: MediaServer) -> Scene:
     # A scene that failed earlier (say, storage was down) and whose source is fine now.
