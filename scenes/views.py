@@ -120,6 +120,19 @@ def _gone(request: HtmxHttpRequest) -> HttpResponse:
     raise Http404("No such scene.")
 
 
+def own_scene(view: _PageView) -> _PageView:
+    """Hands the view the caller's scene named by the URL's ``scene_id``; one that is not there is gone."""
+
+    @wraps(view)
+    def wrapper(request: HtmxHttpRequest, scene_id: str) -> HttpResponse:
+        scene = selectors.scene_owned(owner=_user(request), scene_id=scene_id)
+        if scene is None:
+            return _gone(request)
+        return view(request, scene)
+
+    return wrapper
+
+
 def _page(request: HtmxHttpRequest, *, form: StoreForm, status: int = 200, form_error: str = "") -> HttpResponse:
     status_filter = request.GET.get("status") or None
     notice = ""
@@ -176,19 +189,15 @@ def scene_submit(request: HtmxHttpRequest) -> HttpResponse:
 
 @signed_in
 @require_safe
-def scene_row(request: HtmxHttpRequest, scene_id: str) -> HttpResponse:
-    scene = selectors.scene_owned(owner=_user(request), scene_id=scene_id)
-    if scene is None:
-        return _gone(request)
+@own_scene
+def scene_row(request: HtmxHttpRequest, scene: Scene) -> HttpResponse:
     return render(request, "scenes/_row.html", {"row": _row(scene, request)})
 
 
 @signed_in
 @require_POST
-def scene_retry(request: HtmxHttpRequest, scene_id: str) -> HttpResponse:
-    scene = selectors.scene_owned(owner=_user(request), scene_id=scene_id)
-    if scene is None:
-        return _gone(request)
+@own_scene
+def scene_retry(request: HtmxHttpRequest, scene: Scene) -> HttpResponse:
     notice, status = "", 202
     try:
         scene = services.scene_retry(scene=scene)
@@ -204,12 +213,10 @@ def scene_retry(request: HtmxHttpRequest, scene_id: str) -> HttpResponse:
 
 @signed_in
 @require_http_methods(["GET", "POST"])
-def scene_delete(request: HtmxHttpRequest, scene_id: str) -> HttpResponse:
+@own_scene
+def scene_delete(request: HtmxHttpRequest, scene: Scene) -> HttpResponse:
     """POST deletes; GET is the confirmation page for browsers without JavaScript (htmx asks with
     ``hx-confirm`` instead)."""
-    scene = selectors.scene_owned(owner=_user(request), scene_id=scene_id)
-    if scene is None:
-        return _gone(request)
     if request.method == "GET":
         return render(request, "scenes/confirm_delete.html", {"row": _row(scene, request)})
     services.scene_delete(scene=scene)
