@@ -13,8 +13,8 @@ from rest_framework.test import APIClient
 from scenes import services
 from scenes.models import Project, Scene
 from tests.harness.services import celery_broker
+from tests.scenes.conftest import PUBLIC_URL
 
-PUBLIC_URL = "http://93.184.216.34/video.mp4"  # a global address: resolving it needs no DNS
 DEAD_BROKER = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 
@@ -23,16 +23,6 @@ def _client(user) -> APIClient:
     token, _ = Token.objects.get_or_create(user=user)
     client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
     return client
-
-
-@pytest.fixture
-def alice(db):
-    return get_user_model().objects.create_user("alice")
-
-
-@pytest.fixture
-def bob(db):
-    return get_user_model().objects.create_user("bob")
 
 
 def _queued_task_ids(broker_url: str) -> list[str]:

@@ -7,24 +7,13 @@ import re
 
 import pytest
 import redis
-from django.contrib.auth import get_user_model
 from django.test import Client
 
 from scenes.models import Project, Scene
 from scenes.templatetags.scene_format import clock
+from tests.scenes.conftest import PUBLIC_URL
 
-PUBLIC_URL = "http://93.184.216.34/video.mp4"  # a global address: resolving it needs no DNS
 HX = {"HTTP_HX_REQUEST": "true"}
-
-
-@pytest.fixture
-def alice(db):
-    return get_user_model().objects.create_user("alice", password="alice-pass-123")
-
-
-@pytest.fixture
-def bob(db):
-    return get_user_model().objects.create_user("bob", password="bob-pass-123")
 
 
 @pytest.fixture
