@@ -9,6 +9,10 @@ test with pytest-asyncio), it returns the coroutine, to be awaited like any othe
 
 The body runs on the bridge's loop thread, where Celery's request context (``self.request``) is not
 available; what a body needs from it is passed in by the task's signature instead.
+
+Time limits are the worker's own. Celery 5.7 copies the *sender's* configured limits into every message,
+so the web's ``CELERY_TASK_*`` would decide what the worker enforces; ``WorkerLimitsRequest`` ignores the
+message's limits and uses the task's (a decorator's, else the worker's configuration).
 """
 
 from __future__ import annotations
@@ -18,13 +22,28 @@ import inspect
 from typing import Any
 
 from celery import Task
+from celery.worker.request import Request
 
 from downloads import bridge
 from downloads.exceptions import RetryLater
 
 
+class WorkerLimitsRequest(Request):
+    """A request whose time limits are never the message's: ``execute_using_pool`` then falls back to the
+    task's own, which the worker bound from its configuration."""
+
+    @property
+    def time_limits(self) -> tuple[float | None, float | None]:
+        return (None, None)
+
+    @time_limits.setter
+    def time_limits(self, _: Any) -> None:
+        pass
+
+
 class AsyncTask(Task):  # type: ignore[type-arg]
     abstract = True
+    Request = "downloads.asynctask:WorkerLimitsRequest"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         soft_limit = self._soft_time_limit()  # read before Task.__call__ pushes a request of its own
@@ -47,7 +66,6 @@ class AsyncTask(Task):  # type: ignore[type-arg]
             raise self.retry(exc=later.error, countdown=backoff) from later
 
     def _soft_time_limit(self) -> float | None:
-        # Per-call limits travel in the request as (hard, soft); then the task's own; then the app's.
-        timelimit = getattr(self.request, "timelimit", None) or (None, None)
-        soft = timelimit[1] or self.soft_time_limit or self.app.conf.task_soft_time_limit
+        # The task's own (a decorator's), else this process's configuration; never the message's.
+        soft = self.soft_time_limit or self.app.conf.task_soft_time_limit
         return float(soft) if soft else None

@@ -23,10 +23,14 @@ loop"; loops driven by the gevent hub hung). So, per worker process:
   and again before each spawn if something armed it since, logging when it had to.
 - **Name resolution and ``run_in_executor(None, …)`` on native threads**: gevent's resolver and its
   thread-backed pools would park work on a hub that never runs in the loop thread.
-- **Time limits.** The gevent pool implements no soft limit, so each run arms one on the loop: the
-  coroutine receives ``SoftTimeLimitExceeded`` at its current ``await`` (catchable; ``finally`` runs).
-  The hard limit is Celery's ``gevent.Timeout`` in the waiting greenlet: the bridge then cancels the
-  coroutine and SIGKILLs the process group of every subprocess it started.
+- **Time limits and shutdown cancel the whole run.** The gevent pool implements no soft limit, so each
+  run arms one on the loop; the hard limit is Celery's ``gevent.Timeout`` in the waiting greenlet; a warm
+  shutdown cancels what is still running after its grace period (``cancel_all``). Each is a real
+  ``Task.cancel()``, so task groups and every child task stop too, and ``cancel_reason()`` tells the
+  coroutine's ``except CancelledError`` why (``SOFT_LIMIT``, ``HARD_LIMIT``, ``SHUTDOWN``), so it can
+  record the outcome before it ends. A soft limit that ends the run reaches Celery as
+  ``SoftTimeLimitExceeded``. On a hard limit or shutdown the process group of every subprocess the run
+  started is SIGKILLed, and the run gets ``HARD_LIMIT_GRACE`` seconds to write its outcome.
 - **Shared clients** (one S3 client, one MongoDB client) live on the loop for the worker's life and are
   closed by ``stop()`` at worker shutdown; ``shared()`` creates them on first use.
 
@@ -47,7 +51,7 @@ import signal
 import sys
 import types
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar, cast
 
@@ -62,11 +66,38 @@ T = TypeVar("T")
 
 # How long a run may take to wind down after its hard limit, before the greenlet gives up waiting.
 HARD_LIMIT_GRACE = 2.0
-_SOFT_LIMIT_MARK = "mediastore: soft time limit"
 _NATIVE_POOL_SIZE = 8
 
-# The pids of the subprocesses started by the current run (a contextvar, so each run sees its own).
-_run_children: contextvars.ContextVar[set[int]] = contextvars.ContextVar("mediastore_run_children")
+SOFT_LIMIT = "soft_limit"
+HARD_LIMIT = "hard_limit"
+SHUTDOWN = "shutdown"
+
+
+class _RunState:
+    """What one run owns: its task, the pids of the subprocesses it started (pruned as they are reaped) and,
+    once it is cancelled, why."""
+
+    def __init__(self) -> None:
+        self.children: set[int] = set()
+        self.reason: str | None = None
+        self.task: asyncio.Task[Any] | None = None
+
+    def cancel(self, reason: str) -> None:
+        """On the loop thread: cancel the run's task (and so its task groups), remembering why."""
+        if self.task is not None and not self.task.done():
+            self.reason = reason  # the latest wins: a hard limit after a soft one is a hard limit
+            self.task.cancel()
+
+
+# The current run's state (a contextvar, so each run sees its own).
+_run_state: contextvars.ContextVar[_RunState] = contextvars.ContextVar("mediastore_run_state")
+_active_runs: set[_RunState] = set()
+
+
+def cancel_reason() -> str | None:
+    """Why the current run was cancelled (``SOFT_LIMIT``, ``HARD_LIMIT``, ``SHUTDOWN``), or None."""
+    state = _run_state.get(None)
+    return state.reason if state is not None else None
 
 
 def gevent_is_active() -> bool:
@@ -147,10 +178,23 @@ def _native_subprocess_module() -> types.ModuleType:
     class TrackedPopen(base_popen):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             keep_children_ours()
+            self._run: _RunState | None = _run_state.get(None)
             super().__init__(*args, **kwargs)
-            children = _run_children.get(None)
-            if children is not None:
-                children.add(self.pid)
+            if self._run is not None:
+                self._run.children.add(self.pid)
+
+        # asyncio sets returncode when it has reaped the child: from then on its pid may be reused, and the
+        # hard-limit kill must not reach whatever process gets it next.
+        @property
+        def returncode(self) -> int | None:
+            return cast("int | None", self.__dict__.get("_returncode"))
+
+        @returncode.setter
+        def returncode(self, value: int | None) -> None:
+            self.__dict__["_returncode"] = value
+            run = self.__dict__.get("_run")
+            if value is not None and run is not None:
+                run.children.discard(self.pid)
 
     module.Popen = TrackedPopen  # type: ignore[attr-defined]
     return module
@@ -276,39 +320,7 @@ class _TaskGreenletExecutor(concurrent.futures.Executor):
                     self._wakeup.wait()
 
 
-# --- Soft limit delivery and error unwrapping ------------------------------------------------------------------
-
-
-class _SoftLimitAware:
-    """Awaits ``coro``; a cancellation carrying the soft-limit mark is thrown into it as
-    ``SoftTimeLimitExceeded`` at its current ``await``, so the coroutine can clean up and even carry on."""
-
-    def __init__(self, coro: Coroutine[Any, Any, T], soft_limit: float) -> None:
-        self._coro = coro
-        self._soft_limit = soft_limit
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro = self._coro
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                yielded = coro.throw(error) if error is not None else coro.send(value)
-            except StopIteration as stop:
-                return stop.value
-            value, error = None, None
-            try:
-                value = yield yielded
-            except asyncio.CancelledError as cancelled:
-                if cancelled.args == (_SOFT_LIMIT_MARK,):
-                    task = asyncio.current_task()
-                    if task is not None:
-                        task.uncancel()
-                    error = SoftTimeLimitExceeded(f"soft time limit ({self._soft_limit:g}s) exceeded")
-                else:
-                    error = cancelled
-            except BaseException as exc:
-                error = exc
+# --- Running one coroutine under its limits ------------------------------------------------------------------
 
 
 def first_real_error(error: BaseException) -> BaseException:
@@ -321,19 +333,24 @@ def first_real_error(error: BaseException) -> BaseException:
 
 
 async def _supervised(coro: Coroutine[Any, Any, T], *, soft_limit: float | None,
-                      executor: concurrent.futures.Executor | None, children: set[int]) -> T:
-    _run_children.set(children)
+                      executor: concurrent.futures.Executor | None, state: _RunState) -> T:
+    _run_state.set(state)
     if executor is not None:
         AsyncToSync.executors.current = executor  # contextvar-scoped to this run's task
     loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    timer = loop.call_later(soft_limit, task.cancel, _SOFT_LIMIT_MARK) if soft_limit else None
+    state.task = asyncio.current_task()
+    _active_runs.add(state)
+    timer = loop.call_later(soft_limit, state.cancel, SOFT_LIMIT) if soft_limit else None
     try:
-        return cast(T, await _SoftLimitAware(coro, soft_limit or 0))
+        return await coro
+    except asyncio.CancelledError:
+        if state.reason == SOFT_LIMIT:
+            raise SoftTimeLimitExceeded(f"soft time limit ({soft_limit:g}s) exceeded") from None
+        raise
     except BaseExceptionGroup as group:
         raise first_real_error(group) from group
     finally:
+        _active_runs.discard(state)
         if timer is not None:
             timer.cancel()
 
@@ -406,33 +423,57 @@ class Bridge:
     def run(self, coro: Coroutine[Any, Any, T], *, soft_limit: float | None = None) -> T:
         """Run ``coro`` to completion from synchronous code and return its result (or raise its error)."""
         if not gevent_is_active():
-            return asyncio.run(_supervised(coro, soft_limit=soft_limit, executor=None, children=set()))
+            return asyncio.run(_closing_shared(_supervised(coro, soft_limit=soft_limit, executor=None,
+                                                           state=_RunState())))
         loop = self.start()
         executor = _TaskGreenletExecutor()
-        children: set[int] = set()
+        state = _RunState()
         # Set when the task has really finished, cleanup included (a cancelled run_coroutine_threadsafe
         # future would be "done" at once, before the coroutine's finally blocks ran).
         finished: concurrent.futures.Future[T] = concurrent.futures.Future()
         finished.add_done_callback(lambda _: executor.wake())
-        tasks: list[asyncio.Task[T]] = []
 
         def start_task() -> None:
-            task = loop.create_task(_supervised(coro, soft_limit=soft_limit, executor=executor, children=children))
+            task = loop.create_task(_supervised(coro, soft_limit=soft_limit, executor=executor, state=state))
             task.add_done_callback(lambda done: _settle(finished, done))
-            tasks.append(task)
 
         loop.call_soon_threadsafe(start_task)
         try:
             executor.serve_until(finished)
-        except BaseException:
+        except BaseException as exc:
             # Hard time limit (gevent.Timeout), worker shutdown or a killed greenlet: stop everything the
             # run started, give its cleanup a moment (it may still need the ORM), then let the error through.
-            loop.call_soon_threadsafe(lambda: [task.cancel() for task in tasks])  # after start_task: FIFO
-            kill_process_groups(children)
+            reason = HARD_LIMIT if _is_time_limit(exc) else SHUTDOWN
+            loop.call_soon_threadsafe(state.cancel, reason)  # after start_task: FIFO
+            kill_process_groups(state.children)
             if not executor.serve_until(finished, timeout=HARD_LIMIT_GRACE):
                 logger.warning("bridge: a cancelled run did not finish within %.0fs", HARD_LIMIT_GRACE)
             raise
         return finished.result()
+
+    def cancel_all(self, reason: str) -> int:
+        """Cancel every run in progress (worker shutdown after its grace period); returns how many. Their
+        subprocess groups are killed at once: the runs' own handlers then record the outcome."""
+        loop = self._loop
+        runs = list(_active_runs)
+        if loop is None or not runs:
+            return 0
+        for state in runs:
+            loop.call_soon_threadsafe(state.cancel, reason)
+            kill_process_groups(state.children)
+        return len(runs)
+
+
+def _is_time_limit(error: BaseException) -> bool:
+    from billiard.exceptions import TimeLimitExceeded
+
+    return isinstance(error, TimeLimitExceeded) or type(error).__name__ == "Timeout"
+
+
+async def _closing_shared(coro: Coroutine[Any, Any, T]) -> T:
+    # asyncio.run's loop dies with the call: its shared clients must be closed with it, not leaked.
+    async with shared_clients_closed():
+        return await coro
 
 
 def _settle(target: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
@@ -505,3 +546,30 @@ bridge = Bridge()
 
 def run(coro: Coroutine[Any, Any, T] | Awaitable[T], *, soft_limit: float | None = None) -> T:
     return bridge.run(cast(Coroutine[Any, Any, T], coro), soft_limit=soft_limit)
+
+
+# --- Background greenlets of the worker process ---------------------------------------------------------
+
+
+def every(interval: float, job: Callable[[], object], *, name: str) -> Callable[[], None]:
+    """Run ``job`` now and then every ``interval`` seconds in a greenlet of its own (the worker's sweeper
+    and liveness report); an error is logged and the next round comes anyway. Returns a stop function."""
+    import gevent
+
+    def loop() -> None:
+        while True:
+            try:
+                job()
+            except Exception:
+                logger.exception("%s failed; next round in %.0fs", name, interval)
+            gevent.sleep(interval)
+
+    greenlet = gevent.spawn(loop)
+    return lambda: greenlet.kill(block=False)
+
+
+def later(delay: float, job: Callable[[], object]) -> None:
+    """Run ``job`` once, ``delay`` seconds from now, in a greenlet of its own."""
+    import gevent
+
+    gevent.spawn_later(delay, job)

@@ -22,6 +22,12 @@ invalid_media          no         downloaded, but no audio or video stream in it
 network_error          yes        the connection to the source failed
 timeout                yes        the source stopped sending, or the download took too long
 storage_error          per case   the object store failed (5xx and timeouts retry, 4xx do not)
+disk_full              yes        the worker's disk filled up during the job
+temp_dir_unwritable    yes        the worker cannot create its temporary folder (``TMPDIR``)
+worker_lost            no         the job's worker died on every allowed attempt (set by the
+                                  lifecycle, not raised: a dead worker raises nothing)
+worker_shutdown        yes        the worker shut down mid-job; the job is handed back, never
+                                  shown as a failure
 =====================  =========  ==============================================================
 """
 
@@ -98,6 +104,24 @@ class StorageError(MediastoreError):
     def __init__(self, message: str | None = None, retryable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable  # type: ignore[misc]  # per instance: 5xx yes, 4xx no
+
+
+class DiskFullError(MediastoreError):
+    code = "disk_full"
+    default_message = "The worker's disk is full; the job will be tried again later."
+    retryable = True
+
+
+class TempDirError(MediastoreError):
+    code = "temp_dir_unwritable"
+    default_message = "The worker cannot create its temporary folder; an operator must check TMPDIR."
+    retryable = True
+
+
+class WorkerShutdownError(MediastoreError):
+    code = "worker_shutdown"
+    default_message = "The worker shut down while processing; the job was handed back to the queue."
+    retryable = True
 
 
 class RetryLater(Exception):

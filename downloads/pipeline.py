@@ -1,27 +1,43 @@
 """The ingest pipeline, in order: claim → download → probe → thumbnail → upload → complete (or fail).
 
-Every step is async and runs on the worker's loop (see ``downloads.bridge``). Status writes go through
-``downloads.updates`` by primary key only. The job's temp folder is removed on every way out: success,
-failure and cancellation.
+Every step is async and runs on the worker's loop (see ``downloads.bridge``). Status changes go through
+``scenes.lifecycle`` by primary key only; this module knows no model. The job's temp folder is removed on
+every way out: success, failure and cancellation.
+
+Every claimed scene leaves ``processing`` on every way out the worker lives through: completed; failed
+(permanent errors, attempts used up, the soft or hard time limit); queued again (a transient error with
+attempts left, or a warm shutdown that handed the job back). Only a worker that dies outright leaves it in
+``processing``, and then the sweeper or a redelivered task takes it over once its heartbeat is stale.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 
-from downloads import media, storage, updates, ytdlp
-from downloads.exceptions import DownloadTimeoutError, InternalError, MediastoreError, RetryLater, StorageError
-from scenes.models import Scene
+from downloads import bridge, media, storage, ytdlp
+from downloads.exceptions import (
+    DiskFullError,
+    DownloadTimeoutError,
+    InternalError,
+    MediastoreError,
+    RetryLater,
+    StorageError,
+    TempDirError,
+    WorkerShutdownError,
+)
+from scenes import lifecycle
+from scenes.lifecycle import Stage
 
 logger = logging.getLogger(__name__)
 
@@ -46,22 +62,24 @@ class _ProgressReporter:
         if current == self._last or (same_stage and now - self._last_write < PROGRESS_INTERVAL):
             return
         self._last, self._last_write = current, now
-        await updates.heartbeat(scene_id=self.scene_id, stage=progress.stage, progress=value)
+        await lifecycle.heartbeat(scene_id=self.scene_id, stage=progress.stage, progress=value)
 
     async def stage(self, stage: str, progress: int | None = None) -> None:
         self._last, self._last_write = (stage, progress), time.monotonic()
-        await updates.heartbeat(scene_id=self.scene_id, stage=stage, progress=progress)
+        await lifecycle.heartbeat(scene_id=self.scene_id, stage=stage, progress=progress)
 
 
 async def _keep_heartbeat(scene_id: str) -> None:
     while True:
         await asyncio.sleep(HEARTBEAT_INTERVAL)
-        await updates.heartbeat(scene_id=scene_id)
+        await lifecycle.heartbeat(scene_id=scene_id)
 
 
 async def ingest(*, scene_id: str) -> str:
-    """Ingest one scene; returns what happened (``completed``, ``failed`` or why nothing was done)."""
-    claim = await updates.claim(scene_id=scene_id, stale_after=settings.MEDIA_STALE_AFTER)
+    """Ingest one scene; returns what happened (``completed``, ``failed``, ``retry``, ``deleted`` or why
+    nothing was done)."""
+    claim = await lifecycle.claim(scene_id=scene_id, stale_after=settings.MEDIA_STALE_AFTER,
+                                  max_attempts=settings.MEDIA_MAX_ATTEMPTS)
     if not claim.claimed:
         logger.info("ingest %s: nothing to do (%s)", scene_id, claim.reason)
         return claim.reason
@@ -70,19 +88,63 @@ async def ingest(*, scene_id: str) -> str:
         # The temp folder is gone before the scene's final status is written, so whoever sees
         # "completed" or "failed" also sees the clean-up done.
         fields = await _in_job_dir(scene_id, claim)
-        await _complete(scene_id, fields)
-        return "completed"
+        return await _complete(scene_id, fields)
     except MediastoreError as error:
         return await _failed(scene_id, error, claim.attempts)
-    except SoftTimeLimitExceeded:
-        return await _failed(scene_id, DownloadTimeoutError("The job ran past its time limit."), attempts=None)
+    except asyncio.CancelledError:
+        return await _cancelled(scene_id)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            return await _failed(scene_id, DiskFullError(), claim.attempts)
+        logger.exception("ingest %s: unexpected error", scene_id)
+        return await _failed(scene_id, InternalError(), attempts=None)
     except Exception:
         logger.exception("ingest %s: unexpected error", scene_id)
         return await _failed(scene_id, InternalError(), attempts=None)
 
 
-async def _in_job_dir(scene_id: str, claim: updates.Claim) -> dict[str, Any]:
-    job_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=f"{JOB_DIR_PREFIX}{scene_id}-"))
+async def _cancelled(scene_id: str) -> str:
+    """The run was cancelled: the soft limit fails the scene and the task ends normally; the hard limit
+    fails it too; a worker shutdown hands it back (queued, the attempt not counted) and asks for the task
+    to be sent again. Anything else (an unexplained cancel) hands it back as well, for the sweeper."""
+    reason = bridge.cancel_reason()
+    task = asyncio.current_task()
+    if reason == bridge.SOFT_LIMIT and task is not None:
+        task.uncancel()
+        return await _failed(scene_id, DownloadTimeoutError(
+            f"The job ran past its time limit ({settings.CELERY_TASK_SOFT_TIME_LIMIT:g} s) and was stopped."),
+            attempts=None)
+    if reason == bridge.HARD_LIMIT:
+        # Shielded: the greenlet gives the run a short grace to write this, and nothing may cut it short.
+        await asyncio.shield(lifecycle.fail(scene_id=scene_id, code=DownloadTimeoutError.code, message=(
+            f"The job ran past its hard time limit ({settings.CELERY_TASK_TIME_LIMIT:g} s) and was stopped.")))
+        raise asyncio.CancelledError
+    released = await asyncio.shield(lifecycle.release(scene_id=scene_id))
+    logger.warning("ingest %s: cancelled (%s); %s", scene_id, reason or "no reason given",
+                   "handed back to the queue" if released else "the scene had moved meanwhile")
+    if reason == bridge.SHUTDOWN and released and task is not None:
+        task.uncancel()
+        raise RetryLater(WorkerShutdownError(), countdown=0)
+    raise asyncio.CancelledError
+
+
+def _job_dir_prefix(scene_id: str) -> str:
+    # The worker's pid in the name: a worker starting up removes the folders of workers that are gone.
+    return f"{JOB_DIR_PREFIX}{os.getpid()}-{scene_id}-"
+
+
+async def _make_job_dir(scene_id: str) -> Path:
+    try:
+        return Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=_job_dir_prefix(scene_id)))
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError() from exc
+        raise TempDirError(f"The worker cannot create its temporary folder in {tempfile.gettempdir()}: "
+                           f"{exc.strerror}.") from exc
+
+
+async def _in_job_dir(scene_id: str, claim: lifecycle.Claim) -> dict[str, Any]:
+    job_dir = await _make_job_dir(scene_id)
     heartbeat = asyncio.create_task(_keep_heartbeat(scene_id))
     try:
         return await _run(scene_id, claim, job_dir)
@@ -94,7 +156,33 @@ async def _in_job_dir(scene_id: str, claim: updates.Claim) -> dict[str, Any]:
         await asyncio.shield(asyncio.to_thread(shutil.rmtree, job_dir, True))
 
 
-async def _run(scene_id: str, claim: updates.Claim, job_dir: Path) -> dict[str, Any]:
+def remove_dead_job_dirs(*, tmp_dir: Path | None = None) -> list[str]:
+    """Remove the job folders of workers that are gone (kill -9, a crash) and of this process's earlier
+    life under the same pid; called once when a worker starts. Returns the names removed."""
+    removed = []
+    for path in (tmp_dir or Path(tempfile.gettempdir())).glob(f"{JOB_DIR_PREFIX}*"):
+        pid_text = path.name[len(JOB_DIR_PREFIX):].split("-", 1)[0]
+        pid = int(pid_text) if pid_text.isdigit() else None
+        if pid is not None and pid != os.getpid() and _alive(pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    if removed:
+        logger.warning("removed %d job folder(s) left by workers that died: %s", len(removed), ", ".join(removed))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def _run(scene_id: str, claim: lifecycle.Claim, job_dir: Path) -> dict[str, Any]:
     """Download, probe, thumbnail and upload; returns the fields the completed scene gets."""
     reporter = _ProgressReporter(scene_id)
     steps: dict[str, float] = {}
@@ -107,12 +195,12 @@ async def _run(scene_id: str, claim: updates.Claim, job_dir: Path) -> dict[str, 
 
     result = await ytdlp.download(claim.source_url, job_dir=job_dir, on_progress=reporter)
     step("download")
-    await reporter.stage(Scene.Stage.POSTPROCESSING)
+    await reporter.stage(Stage.POSTPROCESSING)
     info = await media.probe(result.path)
     step("probe")
     thumb = await media.thumbnail(result.path, info, into=job_dir)
     step("thumbnail")
-    await reporter.stage(Scene.Stage.UPLOADING)
+    await reporter.stage(Stage.UPLOADING)
     store = storage.get_storage()
     key = storage.media_key(scene_id, result.path.suffix)
     await store.upload(result.path, key=key, content_type=info.content_type)
@@ -136,15 +224,22 @@ async def _run(scene_id: str, claim: updates.Claim, job_dir: Path) -> dict[str, 
     return fields
 
 
-async def _complete(scene_id: str, fields: dict[str, Any]) -> None:
-    if await updates.complete(scene_id=scene_id, fields=fields):
+async def _complete(scene_id: str, fields: dict[str, Any]) -> str:
+    if await lifecycle.complete(scene_id=scene_id, fields=fields):
         logger.info("ingest %s: completed", scene_id)
-    elif not await updates.exists(scene_id=scene_id):
-        # Deleted while we worked: its deletion task may have run before this upload; leave nothing.
-        removed = await storage.get_storage().delete_prefix(storage.scene_prefix(scene_id))
-        logger.info("ingest %s: the scene was deleted meanwhile; removed %d stored objects", scene_id, removed)
-    else:
-        logger.warning("ingest %s: stored, but the scene was moved meanwhile (taken over)", scene_id)
+        return "completed"
+    return await _moved(scene_id, "stored, but")
+
+
+async def _moved(scene_id: str, what: str) -> str:
+    if not await lifecycle.exists(scene_id=scene_id):
+        # Deleted while we worked: its delete task may have run before our upload. The task that ran us
+        # sends another one (``deleted``), which retries until the store has nothing left of the scene.
+        logger.info("ingest %s: %s the scene was deleted meanwhile; its objects go with a delete task",
+                    scene_id, what)
+        return "deleted"
+    logger.warning("ingest %s: %s the scene was moved meanwhile (taken over)", scene_id, what)
+    return "moved"
 
 
 async def _failed(scene_id: str, error: MediastoreError, attempts: int | None) -> str:
@@ -152,12 +247,13 @@ async def _failed(scene_id: str, error: MediastoreError, attempts: int | None) -
         countdown = settings.MEDIA_RETRY_BACKOFF * 2 ** (attempts - 1)
         logger.warning("ingest %s: %s (%s); retry %d of %d in %.0fs", scene_id, error.code, error.message,
                        attempts, settings.MEDIA_MAX_ATTEMPTS - 1, countdown)
-        if await updates.requeue_for_retry(scene_id=scene_id, code=error.code, message=error.message):
+        if await lifecycle.retry_later(scene_id=scene_id, code=error.code, message=error.message):
             raise RetryLater(error, countdown)
-        return "moved"
+        return await _moved(scene_id, f"{error.code}, and")
     logger.warning("ingest %s: failed with %s: %s", scene_id, error.code, error.message)
-    await updates.fail(scene_id=scene_id, code=error.code, message=error.message)
-    return "failed"
+    if await lifecycle.fail(scene_id=scene_id, code=error.code, message=error.message):
+        return "failed"
+    return await _moved(scene_id, f"{error.code}, and")
 
 
 async def delete_objects(*, scene_id: str) -> int:

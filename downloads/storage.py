@@ -8,10 +8,12 @@ not grow with the file; a multipart upload is aborted on any failure or cancella
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import shutil
 import tempfile
+import time
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +48,7 @@ class Storage(Protocol):
     async def upload(self, path: Path, *, key: str, content_type: str) -> None: ...
     async def delete_prefix(self, prefix: str) -> int: ...
     async def keys(self, prefix: str) -> list[str]: ...
+    async def abort_stale_uploads(self, prefix: str, *, older_than: float) -> int: ...
 
 
 def s3_connection() -> dict[str, Any]:
@@ -142,6 +145,27 @@ class S3Storage:
         except Exception:
             logger.exception("storage: could not abort multipart upload %s of %s", upload_id, key)
 
+    async def abort_stale_uploads(self, prefix: str, *, older_than: float) -> int:
+        """Abort multipart uploads under ``prefix`` started more than ``older_than`` seconds ago: what a
+        worker killed mid-upload left open (billed storage). Younger ones may still be running."""
+        client = await s3_client()
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
+        aborted = 0
+        try:
+            async for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
+                                                                                        Prefix=prefix):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] < cutoff:
+                        await client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                            UploadId=upload["UploadId"])
+                        aborted += 1
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error(exc, "abort stale uploads") from exc
+        if aborted:
+            logger.warning("storage: aborted %d multipart upload(s) older than %.0fs under %s", aborted,
+                           older_than, prefix)
+        return aborted
+
     async def keys(self, prefix: str) -> list[str]:
         client = await s3_client()
         found: list[str] = []
@@ -194,6 +218,21 @@ class LocalStorage:
                 raise
         except OSError as exc:
             raise StorageError(f"could not write to the media folder: {exc.strerror}", retryable=False) from exc
+
+    async def abort_stale_uploads(self, prefix: str, *, older_than: float) -> int:
+        """Remove half-written ``.upload-*`` files older than ``older_than`` seconds (a worker killed
+        mid-copy); the local counterpart of an open multipart upload."""
+        base = self._path(prefix) if prefix else self.root
+        cutoff = time.time() - older_than
+
+        def sweep() -> int:
+            stale = [p for p in base.rglob(".upload-*") if p.is_file() and p.stat().st_mtime < cutoff] \
+                if base.exists() else []
+            for path in stale:
+                path.unlink(missing_ok=True)
+            return len(stale)
+
+        return await asyncio.to_thread(sweep)
 
     async def keys(self, prefix: str) -> list[str]:
         base = self._path(prefix) if prefix else self.root

@@ -9,15 +9,22 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from celery.signals import worker_init, worker_ready, worker_shutdown
+from celery.signals import task_received, worker_init, worker_ready, worker_shutdown, worker_shutting_down
 from celery.utils.log import get_task_logger
+from django.conf import settings
+from django.db import close_old_connections
 
-from downloads import bridge, pipeline
+from downloads import bridge, pipeline, storage
 from downloads.asynctask import AsyncTask
+from mediastore import liveness
 from mediastore.celery import app as celery_app
 from mediastore.fingerprint import config_fingerprint
 
 logger = get_task_logger(__name__)
+
+# What the worker process runs beside its tasks: the sweeper and the liveness report (stop functions).
+_background: list[Any] = []
+_reporter: liveness.Reporter | None = None
 
 REPORTED_PACKAGES = ("celery", "kombu", "django", "gevent", "pymongo", "aiobotocore", "yt-dlp")
 
@@ -30,14 +37,66 @@ def _start_bridge(**_: Any) -> None:
 
 
 @worker_ready.connect
-def _keep_children_ours(**_: Any) -> None:
+def _worker_ready(sender: Any = None, **_: Any) -> None:
+    global _reporter
+    if not bridge.gevent_is_active():
+        return
     # The start-up banner ran a gevent subprocess, which armed gevent's SIGCHLD reaper; switch it off.
+    bridge.keep_children_ours()
+    pipeline.remove_dead_job_dirs()
+    consumer = sender
+    hostname = getattr(consumer, "hostname", None) or liveness.default_hostname()
+    concurrency = int(getattr(getattr(consumer, "pool", None), "limit", 0) or settings.CELERY_WORKER_CONCURRENCY)
+    _reporter = liveness.Reporter(hostname=hostname, concurrency=concurrency)
+    _background.append(bridge.every(liveness.REPORT_INTERVAL, _report, name="liveness report"))
+    # The sweeper runs in every worker, at start (so a restart recovers what the last crash left) and then
+    # periodically: no cron, no extra process, and it runs wherever work can run. Two workers sweeping at
+    # once is harmless: every change is a conditional update.
+    _background.append(bridge.every(settings.MEDIA_SWEEP_INTERVAL, _sweep, name="sweeper"))
+
+
+@task_received.connect
+def _task_received(**_: Any) -> None:
+    if _reporter is not None:
+        _reporter.received()
+
+
+def _report() -> None:
+    from celery.worker import state
+
+    if _reporter is not None:
+        _reporter.report(active=len(state.active_requests))
+
+
+def _sweep() -> None:
+    from scenes import services
+
+    try:
+        services.scenes_sweep()
+        # An upload older than the hard limit has no task left that could finish it.
+        bridge.run(storage.get_storage().abort_stale_uploads(
+            "scenes/", older_than=float(settings.CELERY_TASK_TIME_LIMIT) + 60))
+    finally:
+        close_old_connections()
+
+
+@worker_shutting_down.connect
+def _hand_back_after_grace(**_: Any) -> None:
+    # Warm shutdown waits for running tasks; jobs that do not finish within the grace period are cancelled
+    # and handed back to the queue (see pipeline._cancelled), so a stop never needs SIGKILL.
     if bridge.gevent_is_active():
-        bridge.keep_children_ours()
+        grace = float(settings.MEDIA_SHUTDOWN_GRACE)
+        logger.warning("warm shutdown: running jobs get %.0fs to finish, then they are handed back", grace)
+        bridge.later(grace, lambda: bridge.bridge.cancel_all(bridge.SHUTDOWN))
 
 
 @worker_shutdown.connect
 def _stop_bridge(**_: Any) -> None:
+    for stop in _background:
+        stop()
+    _background.clear()
+    if _reporter is not None:
+        _reporter.forget()
     bridge.bridge.stop()
 
 
@@ -49,7 +108,17 @@ async def hello_world() -> str:
     return "hello world"
 
 
-@celery_app.task(base=AsyncTask, name="downloads.download_media_task")
+class _DownloadTask(AsyncTask):
+    abstract = True
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        # The scene was deleted while it was being ingested: what the upload stored goes with a delete task
+        # (retried while the store fails), sent from here because the pipeline runs on the loop thread.
+        if retval == "deleted":
+            delete_scene_objects_task.apply_async(args=(args[0] if args else kwargs["mongo_db_id"],))
+
+
+@celery_app.task(base=_DownloadTask, name="downloads.download_media_task")
 async def download_media_task(mongo_db_id: str) -> str:
     """Ingest the scene with this primary key (its only argument, by design). Safe to run twice."""
     return await pipeline.ingest(scene_id=mongo_db_id)

@@ -26,6 +26,7 @@ from typing import Any
 from django.conf import settings
 
 from downloads.exceptions import (
+    DiskFullError,
     DownloadTimeoutError,
     InternalError,
     LiveStreamError,
@@ -121,6 +122,7 @@ def clean(text: str, limit: int = 500) -> str:
 
 
 _ERROR_PATTERNS: list[tuple[re.Pattern[str], type[MediastoreError]]] = [
+    (re.compile(r"No space left on device|Errno 28\b", re.I), DiskFullError),
     (re.compile(r"HTTP Error 404|404: Not Found|HTTP Error 410", re.I), NotFoundError),
     (re.compile(r"Unsupported URL", re.I), UnsupportedUrlError),
     (re.compile(r"larger than max-filesize|File is larger than", re.I), TooLargeError),

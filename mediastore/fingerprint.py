@@ -23,5 +23,10 @@ def config_fingerprint() -> dict[str, str]:
         "R2_SECRET_ACCESS_KEY": str(settings.R2_SECRET_ACCESS_KEY or ""),
         "R2_BUCKET": str(settings.R2_BUCKET or ""),
         "R2_PUBLIC_BASE_URL": str(settings.R2_PUBLIC_BASE_URL or ""),
+        # The worker enforces its own limits (downloads.asynctask); web and worker still should agree.
+        "CELERY_TASK_TIME_LIMIT": str(settings.CELERY_TASK_TIME_LIMIT),
+        "CELERY_TASK_SOFT_TIME_LIMIT": str(settings.CELERY_TASK_SOFT_TIME_LIMIT),
+        "MEDIA_STALE_AFTER": str(settings.MEDIA_STALE_AFTER),
+        "MEDIA_MAX_ATTEMPTS": str(settings.MEDIA_MAX_ATTEMPTS),
     }
     return {name: hashlib.sha256(value.encode()).hexdigest()[:16] for name, value in values.items()}

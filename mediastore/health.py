@@ -10,6 +10,8 @@ from django.views.decorators.http import require_safe
 from django.views.defaults import page_not_found
 from django.views.defaults import server_error as django_server_error
 
+from mediastore.liveness import check_workers
+
 
 @require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -18,8 +20,10 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 @require_safe
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Readiness: the database, the broker and the object store answer; 503 names what does not."""
-    checks = {"database": check_database, "broker": check_broker, "storage": check_object_store}
+    """Readiness: the database, the broker and the object store answer, and no worker is stalled (queued
+    work with free slots that it does not take, or a worker that stopped reporting); 503 names what is not."""
+    checks = {"database": check_database, "broker": check_broker, "storage": check_object_store,
+              "workers": check_workers}
     results: dict[str, str] = {}
     for name, check in checks.items():
         try:

@@ -219,6 +219,15 @@ MEDIA_MAX_ATTEMPTS = env_int("MEDIA_MAX_ATTEMPTS", 3, minimum=1)
 MEDIA_RETRY_BACKOFF = env_duration("MEDIA_RETRY_BACKOFF", 30)
 # A processing scene whose heartbeat is older than this may be taken over by a redelivered task.
 MEDIA_STALE_AFTER = env_duration("MEDIA_STALE_AFTER", 300)
+# Every worker sweeps this often (and once at start): stale processing scenes are queued again or failed as
+# worker_lost, and scenes queued for longer than MEDIA_RESEND_AFTER are sent again (a lost enqueue).
+MEDIA_SWEEP_INTERVAL = env_duration("MEDIA_SWEEP_INTERVAL", 60)
+MEDIA_RESEND_AFTER = env_duration("MEDIA_RESEND_AFTER", 600)
+# On warm shutdown running jobs get this long to finish; then they are cancelled and handed back (queued).
+MEDIA_SHUTDOWN_GRACE = env_duration("MEDIA_SHUTDOWN_GRACE", 10)
+# A worker that has taken nothing for this long while the queue is not empty and it has free slots is
+# reported as stalled by /readyz, check_pipeline and the container healthcheck.
+MEDIA_WORKER_STALL_AFTER = env_duration("MEDIA_WORKER_STALL_AFTER", 120)
 # Full paths: yt-dlp's --ffmpeg-location takes a path, and with a bare name it silently skipped merging.
 FFMPEG_PATH = env_str("FFMPEG_PATH", shutil.which("ffmpeg") or "ffmpeg")
 FFPROBE_PATH = env_str("FFPROBE_PATH", shutil.which("ffprobe") or "ffprobe")

@@ -12,9 +12,9 @@ from django.utils.html import format_html
 from django_celery_results.models import TaskResult
 
 from scenes import services
+from scenes.lifecycle import SceneStateConflict
 from scenes.links import media_url, thumbnail_url
 from scenes.models import Project, Scene
-from scenes.services import SceneStateConflict
 
 _BADGE_COLOURS: dict[str, str] = {
     Scene.Status.QUEUED: "#6c757d", Scene.Status.PROCESSING: "#0d6efd",

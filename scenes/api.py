@@ -20,9 +20,9 @@ from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView, exception_handler
 
 from scenes import selectors, services
+from scenes.lifecycle import SceneStateConflict
 from scenes.links import media_url, thumbnail_url
 from scenes.models import Project, Scene
-from scenes.services import SceneStateConflict
 from scenes.validators import UrlRejected, validate_media_url
 
 

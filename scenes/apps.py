@@ -6,3 +6,8 @@ from django.apps import AppConfig
 class ScenesConfig(AppConfig):
     name = "scenes"
     verbose_name = "Scenes"
+
+    def ready(self) -> None:
+        # Connect the post_delete receivers: the lifecycle announces every deleted scene, and the services
+        # send its stored objects after it, whichever way the row disappeared.
+        from scenes import lifecycle, services  # noqa: F401

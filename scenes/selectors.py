@@ -58,3 +58,17 @@ def scenes_stuck(*, older_than: dt.timedelta) -> list[Scene]:
     return list(Scene.objects.filter(
         Q(status=Scene.Status.PROCESSING) | Q(status=Scene.Status.QUEUED), updated_at__lt=cutoff
     ).order_by("updated_at"))
+
+
+def scenes_stale(*, older_than: dt.timedelta, limit: int = 500) -> list[Scene]:
+    """Processing scenes whose heartbeat is older than ``older_than``: their worker died."""
+    cutoff = timezone.now() - older_than
+    return list(Scene.objects.filter(status=Scene.Status.PROCESSING, updated_at__lt=cutoff)
+                .order_by("updated_at")[:limit])
+
+
+def scenes_waiting(*, older_than: dt.timedelta, limit: int = 500) -> list[Scene]:
+    """Scenes queued, untouched, for longer than ``older_than``: their task was lost (or is very late)."""
+    cutoff = timezone.now() - older_than
+    return list(Scene.objects.filter(status=Scene.Status.QUEUED, updated_at__lt=cutoff)
+                .order_by("updated_at")[:limit])

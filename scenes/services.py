@@ -1,8 +1,8 @@
 """Every write to projects and scenes.
 
-A status change is one conditional update, ``filter(pk=…, status__in=…)``, that must change exactly one
-row. Zero rows means someone else moved the scene first (another worker, a retry, a delete); the caller
-gets ``SceneStateConflict`` and stops instead of overwriting what the other party did.
+A scene's status changes only through ``scenes.lifecycle`` (one conditional update by primary key per
+transition; ``SceneStateConflict`` when someone else moved the scene first). These services add what goes
+with a change: the enqueue after commit, the clean-up of stored objects after a delete, the sweeper.
 """
 
 from __future__ import annotations
@@ -10,40 +10,22 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models.signals import post_delete
+from django.dispatch import receiver
 from django.utils import timezone
 
+from scenes import lifecycle, selectors
 from scenes.models import IdempotencyRecord, Project, Scene
 
 logger = logging.getLogger(__name__)
 
 Status = Scene.Status
-
-
-class SceneStateConflict(Exception):
-    """The scene was not in a status the change may start from (or no longer exists)."""
-
-    def __init__(self, *, scene_id: str, expected: Iterable[str]) -> None:
-        self.scene_id = scene_id
-        self.expected = tuple(expected)
-        super().__init__(f"scene {scene_id} is not in status {' or '.join(self.expected)}")
-
-
-def _transition(
-    *, scene_id: str, from_statuses: Iterable[str], where: dict[str, Any] | None = None, **changes: Any
-) -> None:
-    from_statuses = tuple(from_statuses)
-    # QuerySet.update() skips auto_now, and updated_at is the heartbeat: set it here, always.
-    changed = Scene.objects.filter(pk=scene_id, status__in=from_statuses, **(where or {})).update(
-        updated_at=timezone.now(), **changes
-    )
-    if changed != 1:
-        raise SceneStateConflict(scene_id=scene_id, expected=from_statuses)
 
 
 def project_create(*, owner: User, name: str) -> Project:
@@ -62,65 +44,9 @@ def scene_create(
     return Scene.objects.create(owner=owner, source_url=source_url, project=project, title=title)
 
 
-def scene_start(*, scene_id: str) -> None:
-    """queued → processing: a worker claimed the scene."""
-    _transition(
-        scene_id=scene_id,
-        from_statuses=[Status.QUEUED],
-        status=Status.PROCESSING,
-        stage=Scene.Stage.DOWNLOADING,
-        progress=0,
-        started_at=timezone.now(),
-        attempts=F("attempts") + 1,
-    )
-
-
-def scene_complete(*, scene_id: str, storage_key: str, **metadata: Any) -> None:
-    """processing → completed, with where the media went and what ffprobe said of it."""
-    _transition(
-        scene_id=scene_id,
-        from_statuses=[Status.PROCESSING],
-        status=Status.COMPLETED,
-        stage=Scene.Stage.NONE,
-        progress=100,
-        storage_key=storage_key,
-        completed_at=timezone.now(),
-        error_code="",
-        error_message="",
-        **metadata,
-    )
-
-
-def scene_fail(*, scene_id: str, error_code: str, error_message: str) -> None:
-    """queued or processing → failed, with a stable code and the specific reason."""
-    _transition(
-        scene_id=scene_id,
-        from_statuses=[Status.QUEUED, Status.PROCESSING],
-        status=Status.FAILED,
-        stage=Scene.Stage.NONE,
-        error_code=error_code,
-        error_message=error_message,
-    )
-
-
-def scene_requeue(*, scene_id: str, task_id: str = "") -> None:
-    """failed → queued, clearing the last attempt's error and progress."""
-    extra: dict[str, Any] = {"task_id": task_id} if task_id else {}
-    _transition(
-        scene_id=scene_id,
-        from_statuses=[Status.FAILED],
-        status=Status.QUEUED,
-        stage=Scene.Stage.NONE,
-        progress=None,
-        error_code="",
-        error_message="",
-        **extra,
-    )
-
-
 def _enqueue_after_commit(*, task: Any, args: list[Any], task_id: str) -> None:
     """Publish once the row is committed. A broker that is down loses nothing: the scene stays queued and
-    the re-queue sweeper (``requeue_stuck``) sends it again later."""
+    the sweeper (``scenes_sweep``) sends it again."""
 
     def publish() -> None:
         try:
@@ -134,7 +60,9 @@ def _enqueue_after_commit(*, task: Any, args: list[Any], task_id: str) -> None:
 def scene_store(
     *, owner: User, source_url: str, project: Project | None = None, scene: Scene | None = None, title: str = ""
 ) -> Scene:
-    """Create a scene (or re-ingest one of the caller's own) as ``queued`` and enqueue its download."""
+    """Create a scene (or re-ingest one of the caller's own) as ``queued`` and enqueue its download.
+
+    Re-ingesting keeps the scene's project and title unless new ones are given."""
     from downloads.tasks import download_media_task
 
     task_id = str(uuid.uuid4())
@@ -143,13 +71,12 @@ def scene_store(
             scene = Scene.objects.create(owner=owner, source_url=source_url, project=project, title=title,
                                          task_id=task_id)
         else:
-            changes: dict[str, Any] = {"source_url": source_url, "task_id": task_id, "project": project}
+            changes: dict[str, Any] = {"source_url": source_url}
+            if project is not None:
+                changes["project"] = project
             if title:
                 changes["title"] = title
-            # A scene being processed right now is not restarted under the worker's feet.
-            _transition(scene_id=scene.pk, from_statuses=[Status.QUEUED, Status.COMPLETED, Status.FAILED],
-                        status=Status.QUEUED, stage=Scene.Stage.NONE, progress=None, error_code="",
-                        error_message="", **changes)
+            lifecycle.restart(scene_id=scene.pk, task_id=task_id, **changes)
             scene.refresh_from_db()
         _enqueue_after_commit(task=download_media_task, args=[scene.pk], task_id=task_id)
     return scene
@@ -161,32 +88,31 @@ def scene_retry(*, scene: Scene) -> Scene:
 
     task_id = str(uuid.uuid4())
     with transaction.atomic():
-        scene_requeue(scene_id=scene.pk, task_id=task_id)
+        lifecycle.retry(scene_id=scene.pk, task_id=task_id)
         _enqueue_after_commit(task=download_media_task, args=[scene.pk], task_id=task_id)
     scene.refresh_from_db()
     return scene
 
 
 def scene_delete(*, scene: Scene) -> None:
-    """Delete the scene and, through a retried task, every object stored for it."""
-    from downloads.tasks import delete_scene_objects_task
-
-    scene_id = scene.pk
-    with transaction.atomic():
-        scene.delete()
-        _enqueue_after_commit(task=delete_scene_objects_task, args=[scene_id], task_id=str(uuid.uuid4()))
+    """Delete the scene; its stored objects follow through a retried task (see ``_delete_objects_later``)."""
+    scene.delete()
 
 
 def project_delete(*, project: Project) -> None:
-    """Delete the project, its scenes and their stored objects."""
-    from downloads.tasks import delete_scene_objects_task
-
+    """Delete the project, its scenes and (through the same retried task) their stored objects."""
     with transaction.atomic():
-        scene_ids = list(project.scenes.values_list("pk", flat=True))
         project.scenes.all().delete()
         project.delete()
-        for scene_id in scene_ids:
-            _enqueue_after_commit(task=delete_scene_objects_task, args=[scene_id], task_id=str(uuid.uuid4()))
+
+
+@receiver(post_delete, sender=Scene, dispatch_uid="scenes.services.delete_objects_later")
+def _delete_objects_later(*, instance: Scene, **_: Any) -> None:
+    # Every way a scene row disappears passes here (a delete, a project's or a user's cascade, the admin),
+    # so none can leave its stored objects behind.
+    from downloads.tasks import delete_scene_objects_task
+
+    _enqueue_after_commit(task=delete_scene_objects_task, args=[instance.pk], task_id=str(uuid.uuid4()))
 
 
 IDEMPOTENCY_WINDOW = dt.timedelta(hours=24)
@@ -226,14 +152,55 @@ def scene_requeue_any(*, scene: Scene) -> Scene:
     return scene_store(owner=scene.owner, source_url=scene.source_url, project=scene.project, scene=scene)
 
 
-def scene_requeue_stuck(*, scene: Scene) -> None:
-    """Queue a stuck scene again: one conditional update on the heartbeat that was read, so a worker that
-    came back to life in between wins, and the scene is not sent twice."""
+def scene_requeue_stuck(*, scene: Scene) -> str:
+    """Queue a stuck scene again (or fail it as ``worker_lost`` when its attempts are used up): one
+    conditional update on the heartbeat that was read, so a worker that came back to life in between wins,
+    and the scene is not sent twice. Returns the scene's new status."""
     from downloads.tasks import download_media_task
 
     task_id = str(uuid.uuid4())
     with transaction.atomic():
-        _transition(scene_id=scene.pk, from_statuses=[Status.PROCESSING, Status.QUEUED],
-                    where={"updated_at": scene.updated_at}, status=Status.QUEUED, stage=Scene.Stage.NONE,
-                    progress=None, task_id=task_id)
-        _enqueue_after_commit(task=download_media_task, args=[scene.pk], task_id=task_id)
+        status = lifecycle.requeue_stuck(scene_id=scene.pk, seen_updated_at=scene.updated_at, task_id=task_id,
+                                         max_attempts=settings.MEDIA_MAX_ATTEMPTS)
+        if status == Scene.Status.QUEUED:
+            _enqueue_after_commit(task=download_media_task, args=[scene.pk], task_id=task_id)
+    return status
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    requeued: int = 0
+    worker_lost: int = 0
+    resent: int = 0
+    moved: int = 0
+
+
+def scenes_sweep() -> SweepResult:
+    """What the periodic sweeper does, so that every accepted scene ends on its own: processing scenes
+    whose heartbeat is older than ``MEDIA_STALE_AFTER`` (their worker died) are queued again or failed as
+    ``worker_lost``; scenes queued for longer than ``MEDIA_RESEND_AFTER`` (their enqueue was lost, or the
+    broker lost the message) are sent again. A scene that moved meanwhile is left alone."""
+    from downloads.tasks import download_media_task
+
+    requeued = worker_lost = resent = moved = 0
+    for scene in selectors.scenes_stale(older_than=dt.timedelta(seconds=settings.MEDIA_STALE_AFTER)):
+        try:
+            if scene_requeue_stuck(scene=scene) == Scene.Status.QUEUED:
+                requeued += 1
+            else:
+                worker_lost += 1
+        except lifecycle.SceneStateConflict:
+            moved += 1
+    for scene in selectors.scenes_waiting(older_than=dt.timedelta(seconds=settings.MEDIA_RESEND_AFTER)):
+        task_id = str(uuid.uuid4())
+        try:
+            with transaction.atomic():
+                lifecycle.resend(scene_id=scene.pk, seen_updated_at=scene.updated_at, task_id=task_id)
+                _enqueue_after_commit(task=download_media_task, args=[scene.pk], task_id=task_id)
+            resent += 1
+        except lifecycle.SceneStateConflict:
+            moved += 1
+    result = SweepResult(requeued=requeued, worker_lost=worker_lost, resent=resent, moved=moved)
+    if requeued or worker_lost or resent:
+        logger.warning("sweep: %s", result)
+    return result

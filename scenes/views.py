@@ -29,6 +29,7 @@ from rest_framework.views import APIView
 from scenes import selectors, services
 from scenes.api import StoreThrottle
 from scenes.forms import StoreForm
+from scenes.lifecycle import SceneStateConflict
 from scenes.links import media_url, thumbnail_url
 from scenes.models import Scene
 
@@ -201,7 +202,7 @@ def scene_retry(request: HtmxHttpRequest, scene: Scene) -> HttpResponse:
     notice, status = "", 202
     try:
         scene = services.scene_retry(scene=scene)
-    except services.SceneStateConflict:
+    except SceneStateConflict:
         scene.refresh_from_db()
         notice, status = f"Only failed scenes can be retried; this one is {scene.get_status_display().lower()}.", 409
     if not request.htmx:

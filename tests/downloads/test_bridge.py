@@ -32,14 +32,17 @@ def test_errors_of_an_async_task_reach_a_sync_caller():
         async_raise("ours")
 
 
-def test_soft_limit_is_thrown_into_the_coroutine_and_cleanup_runs():
+def test_soft_limit_cancels_the_run_and_tells_it_why():
     seen: list[str] = []
 
     async def body() -> str:
         try:
             await asyncio.sleep(5)
-        except SoftTimeLimitExceeded:
-            seen.append("soft limit")
+        except asyncio.CancelledError:
+            seen.append(str(bridge.cancel_reason()))
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
             await asyncio.sleep(0.01)  # cleanup may still await
             return "cleaned up"
         finally:
@@ -50,7 +53,30 @@ def test_soft_limit_is_thrown_into_the_coroutine_and_cleanup_runs():
     result = bridge.run(body(), soft_limit=0.2)
 
     assert result == "cleaned up"
-    assert seen == ["soft limit", "finally"]
+    assert seen == [bridge.SOFT_LIMIT, "finally"]
+    assert time.monotonic() - started < 2
+
+
+def test_soft_limit_stops_every_task_of_a_task_group():
+    stopped: list[str] = []
+
+    async def child(name: str) -> None:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            stopped.append(name)
+            raise
+
+    async def body() -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(child("a"))
+            group.create_task(child("b"))
+
+    started = time.monotonic()
+    with pytest.raises(SoftTimeLimitExceeded):
+        bridge.run(body(), soft_limit=0.2)
+
+    assert sorted(stopped) == ["a", "b"]
     assert time.monotonic() - started < 2
 
 
@@ -144,14 +170,14 @@ def test_kill_process_groups_ignores_processes_already_gone():
 
 
 async def test_mongo_database_is_refused_on_sqlite():
-    from downloads.updates import mongo_database
+    from scenes.rows import mongo_database
 
     with pytest.raises(RuntimeError, match="MongoDB"):
         await mongo_database()
 
 
 async def test_mongo_client_is_shared_and_uses_the_backend_connection_parameters(settings):
-    from downloads import updates
+    from scenes import rows
 
     settings.DATABASE_IS_MONGODB = True
     client = mock.MagicMock()
@@ -159,12 +185,12 @@ async def test_mongo_client_is_shared_and_uses_the_backend_connection_parameters
     params = {"host": "mongodb://db.example/media", "serverSelectionTimeoutMS": 5000}
     with (
         mock.patch("pymongo.AsyncMongoClient", return_value=client) as client_class,
-        mock.patch.object(updates.connections["default"], "get_connection_params", return_value=params),
-        mock.patch.dict(updates.connections["default"].settings_dict, {"NAME": "media"}),
+        mock.patch.object(rows.connections["default"], "get_connection_params", return_value=params),
+        mock.patch.dict(rows.connections["default"].settings_dict, {"NAME": "media"}),
     ):
         async with bridge.shared_clients_closed():
-            first = await updates.mongo_database()
-            second = await updates.mongo_database()
+            first = await rows.mongo_database()
+            second = await rows.mongo_database()
 
     client_class.assert_called_once_with(**params)
     assert first is second is client.__getitem__.return_value

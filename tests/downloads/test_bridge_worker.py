@@ -134,7 +134,7 @@ def test_soft_limit_reaches_the_coroutine_and_its_finally_runs(start_worker, tmp
 
     with pytest.raises(SoftTimeLimitExceeded):
         result.get(timeout=30)
-    assert journal.read_text().splitlines() == ["saw soft limit", "finally ran"]
+    assert journal.read_text().splitlines() == ["cancelled: soft_limit", "finally ran"]
 
 
 def test_hard_limit_fails_the_task_and_kills_its_process_tree(start_worker, tmp_path: Path):

@@ -10,8 +10,9 @@ from unittest import mock
 import pytest
 from botocore.exceptions import ClientError
 
-from downloads import media, pipeline, storage, updates, ytdlp
+from downloads import media, pipeline, storage, ytdlp
 from downloads.exceptions import InternalError, MediastoreError, NotFoundError, StorageError, TooLargeError
+from scenes import lifecycle
 from scenes.models import Scene
 
 SCENE_ID = "65f0c0ffee0000000000abcd"
@@ -204,7 +205,7 @@ def mongo_scenes(settings):
     collection = mock.AsyncMock()
     database = mock.MagicMock()
     database.__getitem__.return_value = collection
-    with mock.patch("downloads.updates.mongo_database", mock.AsyncMock(return_value=database)):
+    with mock.patch("scenes.rows.mongo_database", mock.AsyncMock(return_value=database)):
         yield collection, database
 
 
@@ -214,14 +215,14 @@ async def test_mongodb_claim_updates_by_primary_key_and_status(mongo_scenes):
                                         "title": "", "attempts": 0, "updated_at": None}
     collection.update_one.return_value = mock.Mock(matched_count=1)
 
-    claim = await updates.claim(scene_id=SCENE_ID, stale_after=300)
+    claim = await lifecycle.claim(scene_id=SCENE_ID, stale_after=300, max_attempts=3)
 
     assert claim.claimed
     assert claim.source_url == "https://e.com/v"
     database.__getitem__.assert_called_with(Scene._meta.db_table)
     assert collection.find_one.await_args.args[0] == {"_id": SCENE_ID}
     query, operation = collection.update_one.await_args.args
-    assert query == {"_id": SCENE_ID, "status": "queued"}
+    assert query == {"_id": SCENE_ID, "status": {"$in": ["queued"]}}
     assert operation["$inc"] == {"attempts": 1}
     assert operation["$set"]["status"] == "processing"
 
@@ -230,9 +231,9 @@ async def test_mongodb_update_that_matches_nothing_reports_failure(mongo_scenes)
     collection, _ = mongo_scenes
     collection.update_one.return_value = mock.Mock(matched_count=0)
 
-    assert await updates.heartbeat(scene_id=SCENE_ID, progress=40) is False
+    assert await lifecycle.heartbeat(scene_id=SCENE_ID, progress=40) is False
     query, operation = collection.update_one.await_args.args
-    assert query == {"_id": SCENE_ID, "status": "processing"}
+    assert query == {"_id": SCENE_ID, "status": {"$in": ["processing"]}}
     assert operation["$set"]["progress"] == 40
 
 
@@ -243,7 +244,7 @@ async def test_mongodb_error_from_the_driver_propagates(mongo_scenes):
     collection.update_one.side_effect = ServerSelectionTimeoutError("no server")
 
     with pytest.raises(ServerSelectionTimeoutError):
-        await updates.fail(scene_id=SCENE_ID, code="timeout", message="m")
+        await lifecycle.fail(scene_id=SCENE_ID, code="timeout", message="m")
 
 
 async def test_thumbnail_failure_leaves_no_thumbnail(tmp_path: Path, caplog):
@@ -276,16 +277,16 @@ def test_probe_without_streams_is_invalid_media(tmp_path: Path):
 
 
 async def test_pipeline_calls_carry_the_scene_primary_key(tmp_path: Path):
-    claim = updates.Claim(claimed=True, reason="claimed", source_url="https://e.com/v", attempts=1)
+    claim = lifecycle.Claim(claimed=True, reason="claimed", source_url="https://e.com/v", attempts=1)
     media_path = tmp_path / "media.mp4"
     media_path.write_bytes(b"v")
     info = media.MediaInfo(duration=3.0, width=320, height=240, size_bytes=1, video_codec="h264",
                            audio_codec="aac", content_type="video/mp4")
     store = mock.AsyncMock()
     with (
-        mock.patch.object(updates, "claim", mock.AsyncMock(return_value=claim)) as claim_call,
-        mock.patch.object(updates, "heartbeat", mock.AsyncMock(return_value=True)) as heartbeat,
-        mock.patch.object(updates, "complete", mock.AsyncMock(return_value=True)) as complete,
+        mock.patch.object(lifecycle, "claim", mock.AsyncMock(return_value=claim)) as claim_call,
+        mock.patch.object(lifecycle, "heartbeat", mock.AsyncMock(return_value=True)) as heartbeat,
+        mock.patch.object(lifecycle, "complete", mock.AsyncMock(return_value=True)) as complete,
         mock.patch.object(ytdlp, "download", mock.AsyncMock(return_value=ytdlp.DownloadResult(media_path, "T"))),
         mock.patch.object(media, "probe", mock.AsyncMock(return_value=info)),
         mock.patch.object(media, "thumbnail", mock.AsyncMock(return_value=None)),

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from celery import shared_task
-from celery.exceptions import SoftTimeLimitExceeded
 
+from downloads import bridge
 from downloads.asynctask import AsyncTask
 from downloads.exceptions import UnsupportedUrlError
 from mediastore.celery import app as celery_app
@@ -100,8 +100,8 @@ async def async_raise(kind: str) -> None:
 async def async_soft_limited(journal: str) -> str:
     try:
         await asyncio.sleep(10)
-    except SoftTimeLimitExceeded:
-        _append(journal, "saw soft limit")
+    except asyncio.CancelledError:
+        _append(journal, f"cancelled: {bridge.cancel_reason()}")
         raise
     finally:
         _append(journal, "finally ran")
@@ -118,8 +118,12 @@ async def async_hard_limited(pid_file: str) -> None:
         try:
             await process.wait()
             return
-        except SoftTimeLimitExceeded:
-            continue
+        except asyncio.CancelledError:
+            if bridge.cancel_reason() != bridge.SOFT_LIMIT:
+                raise
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
 
 
 @celery_app.task(base=AsyncTask)

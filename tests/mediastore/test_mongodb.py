@@ -14,6 +14,7 @@ from pymongo.errors import OperationFailure, ServerSelectionTimeoutError
 from mediastore.mongodb import unreachable_database_tolerated
 from scenes import services
 from scenes.models import Scene
+from tests.harness import scene_states
 
 
 def test_unreachable_server_becomes_operational_error():
@@ -68,7 +69,7 @@ def test_conditional_transition_on_mongodb():
     owner = get_user_model().objects.create_user("mongo-owner-2")
     scene = services.scene_create(owner=owner, source_url="https://example.com/v.mp4")
 
-    services.scene_start(scene_id=scene.pk)
+    scene_states.start(scene_id=scene.pk)
 
     scene.refresh_from_db()
     assert scene.status == Scene.Status.PROCESSING

@@ -11,6 +11,7 @@ from django.test import Client
 
 from scenes import services
 from scenes.models import Scene
+from tests.harness import scene_states
 from tests.harness.media import MediaServer
 from tests.harness.processes import wait_until
 
@@ -33,7 +34,7 @@ def _browser(user) -> Client:
 def test_scene_list_shows_status_badges_and_progress():
     staff = _staff("viewer", "view_scene")
     scene = services.scene_create(owner=staff, source_url="https://example.com/v.mp4")
-    services.scene_start(scene_id=scene.pk)
+    scene_states.start(scene_id=scene.pk)
     Scene.objects.filter(pk=scene.pk).update(progress=42)
 
     page = _browser(staff).get(CHANGELIST).content.decode()
@@ -70,10 +71,10 @@ def test_requeue_action_queues_failed_scenes_and_says_what_it_skipped(
     operator = _staff("operator", "view_scene", "change_scene", "requeue_scene")
     failed = [services.scene_create(owner=operator, source_url=media_server.url("video.mp4")) for _ in range(2)]
     for scene in failed:
-        services.scene_fail(scene_id=scene.pk, error_code="timeout", error_message="stalled")
+        scene_states.fail(scene_id=scene.pk, error_code="timeout", error_message="stalled")
     done = services.scene_create(owner=operator, source_url=media_server.url("video.mp4"), title="Already done")
-    services.scene_start(scene_id=done.pk)
-    services.scene_complete(scene_id=done.pk, storage_key="scenes/x/media.mp4")
+    scene_states.start(scene_id=done.pk)
+    scene_states.complete(scene_id=done.pk, storage_key="scenes/x/media.mp4")
 
     response = _browser(operator).post(CHANGELIST, {
         "action": "requeue_failed", "_selected_action": [s.pk for s in [*failed, done]],
@@ -115,7 +116,7 @@ def test_scene_detail_shows_the_full_error_and_the_task_result():
 
     staff = _staff("inspector", "view_scene", "change_scene")
     scene = services.scene_create(owner=staff, source_url="https://example.com/v.mp4")
-    services.scene_fail(scene_id=scene.pk, error_code="not_found", error_message="HTTP Error 404 " + "x" * 300)
+    scene_states.fail(scene_id=scene.pk, error_code="not_found", error_message="HTTP Error 404 " + "x" * 300)
     Scene.objects.filter(pk=scene.pk).update(task_id="task-123")
     TaskResult.objects.create(task_id="task-123", status="FAILURE")
 

@@ -12,6 +12,7 @@ from rest_framework.test import APIClient
 
 from scenes import services
 from scenes.models import Project, Scene
+from tests.harness import scene_states
 from tests.harness.services import celery_broker
 from tests.scenes.conftest import PUBLIC_URL
 
@@ -135,7 +136,7 @@ def test_list_is_newest_first_and_filters_by_status_and_project(alice):
     project = services.project_create(owner=alice, name="P")
     first = services.scene_create(owner=alice, source_url=PUBLIC_URL, project=project)
     second = services.scene_create(owner=alice, source_url=PUBLIC_URL)
-    services.scene_fail(scene_id=second.pk, error_code="not_found", error_message="gone")
+    scene_states.fail(scene_id=second.pk, error_code="not_found", error_message="gone")
     api = _client(alice)
 
     everything = api.get("/api/v1/scenes/").json()
@@ -156,7 +157,7 @@ def test_retry_works_only_from_failed_and_queues_one_task(broker_url: str):
     api = _client(alice)
 
     too_early = api.post(f"/api/v1/scenes/{scene.pk}/retry")
-    services.scene_fail(scene_id=scene.pk, error_code="timeout", error_message="stalled")
+    scene_states.fail(scene_id=scene.pk, error_code="timeout", error_message="stalled")
     first = api.post(f"/api/v1/scenes/{scene.pk}/retry")
     second = api.post(f"/api/v1/scenes/{scene.pk}/retry")
 

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from scenes import services
 from scenes.models import Scene
+from tests.harness import scene_states
 from tests.harness.media import MediaServer
 from tests.harness.processes import wait_until
 from tests.harness.services import REPO_ROOT
@@ -34,7 +35,7 @@ def _run(*args: str) -> str:
 
 def _failed(owner, code: str, *, age: dt.timedelta = dt.timedelta()) -> Scene:
     scene = services.scene_create(owner=owner, source_url=f"https://example.com/{code}.mp4")
-    services.scene_fail(scene_id=scene.pk, error_code=code, error_message="m")
+    scene_states.fail(scene_id=scene.pk, error_code=code, error_message="m")
     Scene.objects.filter(pk=scene.pk).update(updated_at=timezone.now() - age)
     return scene
 
@@ -79,7 +80,7 @@ def test_requeue_failed_dry_run_changes_nothing(owner):
 def test_requeue_scene_queues_finished_scenes_and_refuses_processing_ones(owner):
     failed = _failed(owner, "timeout")
     busy = services.scene_create(owner=owner, source_url="https://example.com/busy.mp4")
-    services.scene_start(scene_id=busy.pk)
+    scene_states.start(scene_id=busy.pk)
 
     with pytest.raises(CommandError, match="1 scene"):
         _run("requeue_scene", failed.pk, busy.pk)
@@ -102,10 +103,10 @@ def test_requeue_scene_unknown_id_fails_with_exit_code_1(tmp_path: Path):
 
 def test_requeue_stuck_takes_old_heartbeats_and_old_queued_but_not_fresh_ones(owner):
     dead = services.scene_create(owner=owner, source_url="https://example.com/dead.mp4")
-    services.scene_start(scene_id=dead.pk)
+    scene_states.start(scene_id=dead.pk)
     lost = services.scene_create(owner=owner, source_url="https://example.com/lost.mp4")
     alive = services.scene_create(owner=owner, source_url="https://example.com/alive.mp4")
-    services.scene_start(scene_id=alive.pk)
+    scene_states.start(scene_id=alive.pk)
     Scene.objects.filter(pk__in=[dead.pk, lost.pk]).update(updated_at=timezone.now() - dt.timedelta(hours=1))
 
     dry = _run("requeue_stuck", "--older-than", "30m", "--dry-run")

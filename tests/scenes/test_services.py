@@ -1,15 +1,18 @@
-"""Status changes: one conditional update that must change exactly one row."""
+"""Writes that go with a status change: creating, re-storing, sweeping."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+from unittest import mock
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
 from scenes import services
 from scenes.models import Scene
-from scenes.services import SceneStateConflict
+from tests.harness import scene_states
 
 pytestmark = pytest.mark.django_db
 
@@ -37,76 +40,73 @@ def test_scene_can_belong_to_a_project(owner):
     assert list(project.scenes.all()) == [scene]
 
 
-def test_starting_claims_a_queued_scene(scene: Scene):
-    services.scene_start(scene_id=scene.pk)
+def _age(scene: Scene, seconds: float) -> None:
+    Scene.objects.filter(pk=scene.pk).update(updated_at=timezone.now() - dt.timedelta(seconds=seconds))
+
+
+def test_restoring_a_scene_without_a_project_keeps_its_project(owner, django_capture_on_commit_callbacks):
+    project = services.project_create(owner=owner, name="Holiday")
+    scene = services.scene_create(owner=owner, source_url="https://example.com/v.mp4", project=project)
+
+    with mock.patch("downloads.tasks.download_media_task.apply_async"):
+        services.scene_store(owner=owner, source_url="https://example.com/w.mp4", scene=scene)
 
     scene.refresh_from_db()
-    assert scene.status == Scene.Status.PROCESSING
-    assert scene.stage == Scene.Stage.DOWNLOADING
-    assert scene.attempts == 1
-    assert scene.started_at is not None
+    assert (scene.project_id, scene.source_url, scene.status) == (project.pk, "https://example.com/w.mp4", "queued")
 
 
-def test_a_scene_is_claimed_only_once(scene: Scene):
-    services.scene_start(scene_id=scene.pk)
+def test_sweep_queues_again_a_scene_whose_worker_died(scene: Scene, settings, django_capture_on_commit_callbacks):
+    scene_states.start(scene_id=scene.pk)
+    _age(scene, settings.MEDIA_STALE_AFTER + 10)
 
-    with pytest.raises(SceneStateConflict):
-        services.scene_start(scene_id=scene.pk)
-
-    scene.refresh_from_db()
-    assert scene.attempts == 1
-
-
-def test_completing_stores_key_and_metadata(scene: Scene):
-    services.scene_start(scene_id=scene.pk)
-
-    services.scene_complete(scene_id=scene.pk, storage_key=f"scenes/{scene.pk}/media.mp4", duration=3.0, width=320)
+    with mock.patch("downloads.tasks.download_media_task.apply_async") as send, \
+            django_capture_on_commit_callbacks(execute=True):
+        result = services.scenes_sweep()
 
     scene.refresh_from_db()
-    assert (scene.status, scene.progress, scene.duration, scene.width) == (Scene.Status.COMPLETED, 100, 3.0, 320)
-    assert scene.completed_at is not None
+    assert (result.requeued, scene.status) == (1, "queued")
+    assert send.call_args.kwargs["args"] == [scene.pk]
 
 
-def test_a_queued_scene_cannot_complete(scene: Scene):
-    with pytest.raises(SceneStateConflict):
-        services.scene_complete(scene_id=scene.pk, storage_key="x")
+def test_sweep_fails_as_worker_lost_a_scene_out_of_attempts(scene: Scene, settings,
+                                                             django_capture_on_commit_callbacks):
+    Scene.objects.filter(pk=scene.pk).update(attempts=settings.MEDIA_MAX_ATTEMPTS - 1)
+    scene_states.start(scene_id=scene.pk)
+    _age(scene, settings.MEDIA_STALE_AFTER + 10)
 
-
-def test_failing_records_code_and_message(scene: Scene):
-    services.scene_start(scene_id=scene.pk)
-
-    services.scene_fail(scene_id=scene.pk, error_code="not_found", error_message="HTTP 404 from the source")
-
-    scene.refresh_from_db()
-    assert (scene.status, scene.error_code, scene.error_message) == (
-        Scene.Status.FAILED, "not_found", "HTTP 404 from the source")
-
-
-def test_failed_scene_can_be_requeued(scene: Scene):
-    services.scene_fail(scene_id=scene.pk, error_code="timeout", error_message="no bytes for 30 s")
-
-    services.scene_requeue(scene_id=scene.pk)
+    with mock.patch("downloads.tasks.download_media_task.apply_async") as send, \
+            django_capture_on_commit_callbacks(execute=True):
+        result = services.scenes_sweep()
 
     scene.refresh_from_db()
-    assert (scene.status, scene.error_code, scene.error_message) == (Scene.Status.QUEUED, "", "")
+    assert (result.worker_lost, scene.status, scene.error_code) == (1, "failed", "worker_lost")
+    send.assert_not_called()
 
 
-def test_only_failed_scenes_can_be_requeued(scene: Scene):
-    with pytest.raises(SceneStateConflict, match="failed"):
-        services.scene_requeue(scene_id=scene.pk)
+def test_sweep_sends_again_a_scene_queued_too_long(scene: Scene, settings, django_capture_on_commit_callbacks):
+    _age(scene, settings.MEDIA_RESEND_AFTER + 10)
+
+    with mock.patch("downloads.tasks.download_media_task.apply_async") as send, \
+            django_capture_on_commit_callbacks(execute=True):
+        result = services.scenes_sweep()
+
+    assert (result.resent, send.call_count) == (1, 1)
+    with mock.patch("downloads.tasks.download_media_task.apply_async") as send_again:
+        assert services.scenes_sweep().resent == 0  # its heartbeat is fresh now
+    send_again.assert_not_called()
 
 
-def test_transition_of_a_deleted_scene_conflicts(scene: Scene):
-    scene_id = scene.pk
-    scene.delete()
-
-    with pytest.raises(SceneStateConflict):
-        services.scene_start(scene_id=scene_id)
+def test_sweep_leaves_fresh_scenes_alone(scene: Scene):
+    with mock.patch("downloads.tasks.download_media_task.apply_async") as send:
+        assert services.scenes_sweep() == services.SweepResult()
+    send.assert_not_called()
 
 
-def test_every_transition_moves_the_heartbeat(scene: Scene):
-    before = Scene.objects.get(pk=scene.pk).updated_at
+def test_deleting_a_user_sends_the_objects_of_each_scene_to_deletion(owner, django_capture_on_commit_callbacks):
+    scenes = [services.scene_create(owner=owner, source_url=f"https://example.com/{i}.mp4") for i in range(3)]
 
-    services.scene_start(scene_id=scene.pk)
+    with mock.patch("downloads.tasks.delete_scene_objects_task.apply_async") as send, \
+            django_capture_on_commit_callbacks(execute=True):
+        owner.delete()
 
-    assert Scene.objects.get(pk=scene.pk).updated_at > before
+    assert sorted(call.kwargs["args"][0] for call in send.call_args_list) == sorted(s.pk for s in scenes)

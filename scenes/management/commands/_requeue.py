@@ -7,8 +7,8 @@ import datetime as dt
 from collections.abc import Callable, Iterable
 
 from mediastore.env import parse_duration
+from scenes.lifecycle import SceneStateConflict
 from scenes.models import Scene
-from scenes.services import SceneStateConflict
 
 
 def duration(text: str) -> dt.timedelta:

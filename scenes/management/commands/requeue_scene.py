@@ -7,8 +7,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from scenes import services
+from scenes.lifecycle import SceneStateConflict
 from scenes.models import Scene
-from scenes.services import SceneStateConflict
 
 
 class Command(BaseCommand):

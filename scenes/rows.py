@@ -1,0 +1,95 @@
+"""How the worker reads a scene row and updates it conditionally, by primary key only, on either backend.
+
+Only ``scenes.lifecycle`` uses this module. On SQL databases the writes go through Django's async ORM; on
+MongoDB through PyMongo's async client (``update_one({"_id": pk, ...})``), with collection and field names
+taken from the model's metadata, so both backends run one schema. The web side needs none of this: it
+uses the sync ORM, which django-mongodb-backend serves as well.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from django.conf import settings
+from django.db import connections
+from django.db.models import F
+
+from downloads import bridge
+from scenes.models import Scene
+
+READ_FIELDS = ("status", "source_url", "title", "attempts", "updated_at")
+
+
+class SceneRows(Protocol):
+    async def read(self, pk: str) -> dict[str, Any] | None: ...
+    async def update(self, pk: str, *, where: dict[str, Any], changes: dict[str, Any],
+                     increment: dict[str, int] | None = None) -> int: ...
+
+
+class _OrmRows:
+    async def read(self, pk: str) -> dict[str, Any] | None:
+        row: dict[str, Any] | None = await Scene.objects.filter(pk=pk).values(*READ_FIELDS).afirst()
+        return row
+
+    async def update(self, pk: str, *, where: dict[str, Any], changes: dict[str, Any],
+                     increment: dict[str, int] | None = None) -> int:
+        expressions = {name: F(name) + amount for name, amount in (increment or {}).items()}
+        return await Scene.objects.filter(pk=pk, **where).aupdate(**changes, **expressions)
+
+
+def _column(name: str) -> str:
+    return str(Scene._meta.get_field(name).column)  # type: ignore[union-attr]  # concrete fields only
+
+
+def _mongo_condition(name: str, value: Any) -> tuple[str, Any]:
+    # The ORM-style lookups the lifecycle uses: ``status__in`` and plain equality.
+    if name.endswith("__in"):
+        return _column(name[: -len("__in")]), {"$in": list(value)}
+    return _column(name), value
+
+
+class _MongoRows:
+    async def _collection(self) -> Any:
+        return (await mongo_database())[Scene._meta.db_table]
+
+    async def read(self, pk: str) -> dict[str, Any] | None:
+        document = await (await self._collection()).find_one(
+            {"_id": pk}, {_column(name): 1 for name in READ_FIELDS}
+        )
+        if document is None:
+            return None
+        values = {name: document.get(_column(name)) for name in READ_FIELDS}
+        if isinstance(values["updated_at"], dt.datetime) and values["updated_at"].tzinfo is None:
+            values["updated_at"] = values["updated_at"].replace(tzinfo=dt.UTC)  # BSON dates are UTC
+        return values
+
+    async def update(self, pk: str, *, where: dict[str, Any], changes: dict[str, Any],
+                     increment: dict[str, int] | None = None) -> int:
+        operation: dict[str, Any] = {"$set": {_column(k): v for k, v in changes.items()}}
+        if increment:
+            operation["$inc"] = {_column(k): v for k, v in increment.items()}
+        query = {"_id": pk, **dict(_mongo_condition(k, v) for k, v in where.items())}
+        result = await (await self._collection()).update_one(query, operation)
+        return int(result.matched_count)
+
+
+def _new_mongo_client() -> AbstractAsyncContextManager[Any]:
+    from pymongo import AsyncMongoClient
+
+    params = connections["default"].get_connection_params()  # the backend's own: URL and timeouts
+    return AsyncMongoClient(**params)
+
+
+async def mongo_database() -> Any:
+    """The worker's one async MongoDB client's database; only when ``DATABASE_URL`` is MongoDB."""
+    if not settings.DATABASE_IS_MONGODB:
+        raise RuntimeError("mongo_database() needs DATABASE_URL to point at MongoDB")
+    client = await bridge.shared("mongodb", _new_mongo_client)
+    # The connection's name, not settings.DATABASES: under tests it is the test database.
+    return client[connections["default"].settings_dict["NAME"]]
+
+
+def scene_rows() -> SceneRows:
+    return _MongoRows() if settings.DATABASE_IS_MONGODB else _OrmRows()
