@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import platform
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
@@ -21,6 +22,7 @@ from mediastore.celery import app as celery_app
 from mediastore.fingerprint import config_fingerprint
 
 logger = get_task_logger(__name__)
+worker_logger = logging.getLogger(__name__)  # outside a task: Celery's task logger would print ???[???]
 
 # What the worker process runs beside its tasks: the sweeper and the liveness report (stop functions).
 _background: list[Any] = []
@@ -86,7 +88,7 @@ def _hand_back_after_grace(**_: Any) -> None:
     # and handed back to the queue (see pipeline._cancelled), so a stop never needs SIGKILL.
     if bridge.gevent_is_active():
         grace = float(settings.MEDIA_SHUTDOWN_GRACE)
-        logger.warning("warm shutdown: running jobs get %.0fs to finish, then they are handed back", grace)
+        worker_logger.warning("warm shutdown: running jobs get %.0fs to finish, then they are handed back", grace)
         bridge.later(grace, lambda: bridge.bridge.cancel_all(bridge.SHUTDOWN))
 
 

@@ -27,7 +27,9 @@ _PRIORITY_SEPARATOR = "\x06\x16"
 
 
 def _redis() -> Any | None:
-    url = str(settings.CELERY_BROKER_URL)
+    from mediastore.celery import app
+
+    url = str(app.conf.broker_url)
     if not url.startswith(("redis://", "rediss://")):
         return None
     import redis

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import django
+import honcho.manager
 from honcho.manager import Manager
 from honcho.printer import Printer
 
@@ -99,6 +100,9 @@ def main() -> None:
     print(f"runstack: web on http://{web_host}:{web_port}/ (admin at /admin/); Ctrl-C stops everything",
           flush=True)
 
+    # honcho SIGKILLs whatever still runs 5 s after Ctrl-C; the worker's warm shutdown needs its grace
+    # period (running jobs finish or are handed back) plus a broker poll, so it gets that much more.
+    honcho.manager.KILL_WAIT = int(settings.MEDIA_SHUTDOWN_GRACE) + 20
     manager = Manager(Printer(sys.stdout))
     for name, argv in commands.items():
         # honcho runs a shell command line; every argument is quoted, nothing untrusted goes in.

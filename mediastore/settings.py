@@ -238,6 +238,12 @@ if MEDIA_DOWNLOAD_TIMEOUT >= CELERY_TASK_SOFT_TIME_LIMIT:
         f"({CELERY_TASK_SOFT_TIME_LIMIT:g}s), so a slow download fails with 'timeout' before the task is cut off"
     )
 
+# Each job's temporary folder is made in TMPDIR: one that is missing or not writable would be silently
+# replaced by /tmp (Python's tempfile), so it stops start-up instead.
+_TMPDIR = os.environ.get("TMPDIR")
+if _TMPDIR and not (os.path.isdir(_TMPDIR) and os.access(_TMPDIR, os.W_OK | os.X_OK)):
+    raise ImproperlyConfigured(f"TMPDIR: {_TMPDIR!r} is not a writable folder")
+
 # --- Cache (throttle counters) ----------------------------------------------------------------------------
 # Per process by default; set CACHE_URL=redis://… so every web process counts against the same limit.
 CACHE_URL = env_url("CACHE_URL", None, schemes=("redis", "rediss"))

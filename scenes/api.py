@@ -8,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view, inline_serializer
@@ -158,17 +159,28 @@ class MediaStoreView(APIView):
         if len(key) > 255:
             raise ApiError(status_code=400, code="invalid", message="Idempotency-Key is longer than 255 characters.")
         request_hash = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+        record = self._replay(user, key, request_hash)
+        if record is None:
+            try:
+                with transaction.atomic():
+                    response = self._store(request, data, user)
+                    record = services.idempotent_remember(owner=user, key=key, request_hash=request_hash,
+                                                          status_code=response.status_code,
+                                                          response=dict(response.data))
+            except services.IdempotencyKeyTaken:
+                # A concurrent request with this key won; ours was rolled back. Answer as it did.
+                record = self._replay(user, key, request_hash)
+                assert record is not None
+        return Response(record.response, status=record.status_code,
+                        headers={"Location": f"/api/v1/scenes/{record.response['id']}"})
+
+    @staticmethod
+    def _replay(user: User, key: str, request_hash: str) -> Any:
         try:
-            record = services.idempotent_replay(owner=user, key=key, request_hash=request_hash)
+            return services.idempotent_replay(owner=user, key=key, request_hash=request_hash)
         except services.IdempotencyKeyReused as reused:
             raise ApiError(status_code=422, code="idempotency_key_reused",
                            message="This Idempotency-Key was used for a different request.") from reused
-        if record is None:
-            response = self._store(request, data, user)
-            record = services.idempotent_remember(owner=user, key=key, request_hash=request_hash,
-                                                  status_code=response.status_code, response=dict(response.data))
-        return Response(record.response, status=record.status_code,
-                        headers={"Location": f"/api/v1/scenes/{record.response['id']}"})
 
     def _store(self, request: Request, data: dict[str, Any], user: User) -> Response:
         try:

@@ -132,19 +132,23 @@ def idempotent_replay(*, owner: User, key: str, request_hash: str) -> Idempotenc
     return record
 
 
+class IdempotencyKeyTaken(Exception):
+    """A concurrent request with the same key stored its answer first."""
+
+
 def idempotent_remember(
     *, owner: User, key: str, request_hash: str, status_code: int, response: dict[str, Any]
 ) -> IdempotencyRecord:
-    """Keep the first answer; of two concurrent first requests, the second gets the first's record."""
+    """Keep the first answer. Called inside the transaction that stored the scene: when a concurrent
+    request with the same key won, this raises ``IdempotencyKeyTaken`` and that transaction (its scene
+    and its enqueue) is rolled back, so one key makes one scene."""
     IdempotencyRecord.objects.filter(owner=owner, key=key, created_at__lt=timezone.now() - IDEMPOTENCY_WINDOW).delete()
     try:
         with transaction.atomic():
             return IdempotencyRecord.objects.create(owner=owner, key=key, request_hash=request_hash,
                                                     status_code=status_code, response=response)
-    except IntegrityError:
-        existing = idempotent_replay(owner=owner, key=key, request_hash=request_hash)
-        assert existing is not None
-        return existing
+    except IntegrityError as exc:
+        raise IdempotencyKeyTaken(key) from exc
 
 
 def scene_requeue_any(*, scene: Scene) -> Scene:

@@ -344,3 +344,123 @@ async def test_info_line_refuses_live_and_too_long_media(tmp_path: Path, no_kill
         await ytdlp.download("https://example.com/x", job_dir=tmp_path)
 
     assert error.value.code == code
+
+
+def test_job_folders_of_dead_workers_are_removed_at_start(tmp_path: Path):
+    import os
+
+    dead = tmp_path / f"{pipeline.JOB_DIR_PREFIX}{4194303}-abc-x"  # above pid_max on most systems: not alive
+    mine_before_restart = tmp_path / f"{pipeline.JOB_DIR_PREFIX}{os.getpid()}-def-y"
+    alive_parent = tmp_path / f"{pipeline.JOB_DIR_PREFIX}{os.getppid()}-ghi-z"
+    for folder in (dead, mine_before_restart, alive_parent):
+        folder.mkdir()
+        (folder / "media.part").write_bytes(b"x")
+
+    removed = pipeline.remove_dead_job_dirs(tmp_dir=tmp_path)
+
+    assert sorted(removed) == sorted([dead.name, mine_before_restart.name])
+    assert alive_parent.exists()
+
+
+def test_the_worker_ignores_time_limits_carried_by_the_message():
+    from downloads.asynctask import WorkerLimitsRequest
+
+    request = WorkerLimitsRequest.__new__(WorkerLimitsRequest)
+    request.time_limits = (5, 4)  # what Celery copies in from the sender's configuration
+
+    assert request.time_limits == (None, None)
+
+
+async def test_a_full_disk_while_making_the_job_folder_is_disk_full(tmp_path: Path):
+    import errno
+
+    from downloads.exceptions import DiskFullError
+
+    with mock.patch("tempfile.mkdtemp", side_effect=OSError(errno.ENOSPC, "No space left on device")), \
+            pytest.raises(DiskFullError):
+        await pipeline._make_job_dir("a" * 24)
+
+
+async def test_an_unwritable_temp_folder_is_its_own_error(tmp_path: Path):
+    import errno
+
+    from downloads.exceptions import TempDirError
+
+    with mock.patch("tempfile.mkdtemp", side_effect=PermissionError(errno.EACCES, "Permission denied")), \
+            pytest.raises(TempDirError, match="Permission denied"):
+        await pipeline._make_job_dir("a" * 24)
+
+
+def _slow_download_ingest(reason: str | None):
+    """``pipeline.ingest`` with a download that never ends, cancelled for ``reason`` after 0.1 s (None: the
+    soft limit of the run does it); the lifecycle is mocked and returned for inspection."""
+    from downloads import bridge
+
+    claim = lifecycle.Claim(claimed=True, reason="claimed", source_url="https://e.com/v", attempts=1)
+    calls = {name: mock.AsyncMock(return_value=True) for name in ("heartbeat", "fail", "release", "retry_later")}
+
+    async def never_ends(*args, **kwargs):
+        await asyncio.sleep(60)
+
+    async def body():
+        if reason is not None:
+            state = bridge._run_state.get()
+            asyncio.get_running_loop().call_later(0.1, state.cancel, reason)
+        return await pipeline.ingest(scene_id=SCENE_ID)
+
+    patches = [mock.patch.object(lifecycle, "claim", mock.AsyncMock(return_value=claim)),
+               mock.patch.object(ytdlp, "download", never_ends),
+               *(mock.patch.object(lifecycle, name, call) for name, call in calls.items())]
+    return body, patches, calls
+
+
+def test_soft_limit_fails_the_scene_as_timeout_and_ends_the_task_normally():
+    from contextlib import ExitStack
+
+    from downloads import bridge
+
+    body, patches, calls = _slow_download_ingest(None)
+    with ExitStack() as stack:
+        for patch in patches:
+            stack.enter_context(patch)
+        outcome = bridge.run(body(), soft_limit=0.1)
+
+    assert outcome == "failed"
+    assert calls["fail"].await_args.kwargs["code"] == "timeout"
+    assert "time limit" in calls["fail"].await_args.kwargs["message"]
+    calls["release"].assert_not_awaited()
+
+
+def test_shutdown_hands_the_scene_back_and_asks_for_the_task_again():
+    from contextlib import ExitStack
+
+    from downloads import bridge
+    from downloads.exceptions import RetryLater
+
+    body, patches, calls = _slow_download_ingest(bridge.SHUTDOWN)
+    with ExitStack() as stack:
+        for patch in patches:
+            stack.enter_context(patch)
+        with pytest.raises(RetryLater) as later:
+            bridge.run(body())
+
+    assert later.value.countdown == 0
+    assert later.value.error.code == "worker_shutdown"
+    calls["release"].assert_awaited_once_with(scene_id=SCENE_ID)
+    calls["fail"].assert_not_awaited()
+
+
+def test_hard_limit_fails_the_scene_and_lets_the_cancellation_through():
+    from contextlib import ExitStack
+
+    from downloads import bridge
+
+    body, patches, calls = _slow_download_ingest(bridge.HARD_LIMIT)
+    with ExitStack() as stack:
+        for patch in patches:
+            stack.enter_context(patch)
+        with pytest.raises(asyncio.CancelledError):
+            bridge.run(body())
+
+    assert calls["fail"].await_args.kwargs["code"] == "timeout"
+    assert "hard time limit" in calls["fail"].await_args.kwargs["message"]

@@ -147,3 +147,26 @@ def noop_sync() -> None:
 @celery_app.task(base=AsyncTask)
 async def noop_async() -> None:
     return None
+
+
+@celery_app.task(base=AsyncTask, soft_time_limit=1, time_limit=3)
+async def ingest_past_the_hard_limit(scene_id: str) -> str:
+    """The real pipeline, with a download that shrugs off the soft limit (as code stuck in a library
+    might), so that the hard limit is what ends the job."""
+    from unittest import mock
+
+    from downloads import pipeline, ytdlp
+
+    async def stubborn_download(*args: object, **kwargs: object) -> None:
+        while True:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                if bridge.cancel_reason() != bridge.SOFT_LIMIT:
+                    raise
+                task = asyncio.current_task()
+                assert task is not None
+                task.uncancel()
+
+    with mock.patch.object(ytdlp, "download", stubborn_download):
+        return await pipeline.ingest(scene_id=scene_id)

@@ -103,6 +103,8 @@ def test_durations_accept_units(text: str, seconds: float):
         ({"R2_BUCKET": "b", "R2_ACCESS_KEY_ID": "id"}, "R2_SECRET_ACCESS_KEY"),
         ({"R2_BUCKET": "b", "R2_ENDPOINT_URL": "ftp://r2.example"}, "R2_ENDPOINT_URL"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"TMPDIR": "/nonexistent/mediastore-tmp"}, "TMPDIR"),
+        ({"MEDIA_SWEEP_INTERVAL": "often"}, "MEDIA_SWEEP_INTERVAL"),
     ],
 )
 def test_bad_value_stops_start_up_naming_the_variable(tmp_path: Path, env: dict[str, str], named: str):

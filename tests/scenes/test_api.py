@@ -192,7 +192,7 @@ def test_readyz_is_ready_when_everything_answers(client, broker_url: str, db):
     response = client.get("/readyz")
 
     assert response.status_code == 200
-    assert response.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok", "workers": "ok"}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -207,6 +207,33 @@ def test_same_idempotency_key_and_body_replays_the_answer_and_queues_nothing_new
     assert (first.status_code, again.status_code) == (202, 202)
     assert again.json() == first.json()
     assert again["Location"] == first["Location"]
+    assert Scene.objects.count() == 1
+    assert _queued_task_ids(broker_url) == [first.json()["task_id"]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_requests_with_one_idempotency_key_make_one_scene(broker_url: str):
+    from unittest import mock
+
+    from scenes import services
+
+    alice = get_user_model().objects.create_user("alice")
+    api = _client(alice)
+    body = {"url": PUBLIC_URL}
+    first = api.post("/api/v1/media/store", body, format="json", HTTP_IDEMPOTENCY_KEY="k-race")
+    real_replay = services.idempotent_replay
+    calls: list[dict] = []
+
+    def racing(**kwargs):
+        # The race: the second request looks for the key before the first has stored its answer.
+        calls.append(kwargs)
+        return None if len(calls) == 1 else real_replay(**kwargs)
+
+    with mock.patch.object(services, "idempotent_replay", side_effect=racing):
+        second = api.post("/api/v1/media/store", body, format="json", HTTP_IDEMPOTENCY_KEY="k-race")
+
+    assert second.status_code == 202
+    assert second.json()["id"] == first.json()["id"]
     assert Scene.objects.count() == 1
     assert _queued_task_ids(broker_url) == [first.json()["task_id"]]
 

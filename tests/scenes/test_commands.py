@@ -19,7 +19,7 @@ from scenes.models import Scene
 from tests.harness import scene_states
 from tests.harness.media import MediaServer
 from tests.harness.processes import wait_until
-from tests.harness.services import REPO_ROOT
+from tests.harness.services import REPO_ROOT, r2_env
 
 
 @pytest.fixture
@@ -165,3 +165,29 @@ def test_requeue_stuck_recovers_a_scene_whose_worker_was_killed(start_worker, me
     assert scene.status == Scene.Status.COMPLETED
     assert scene.attempts == 2
     assert [key for key in stored if "media." in key] == [scene.storage_key]
+
+
+def test_purge_orphans_aborts_uploads_older_than_the_hard_limit(settings, s3_endpoint: str, s3_bucket):
+    client, bucket = s3_bucket
+    for name, value in r2_env(endpoint=s3_endpoint, bucket=bucket).items():
+        setattr(settings, name, value)
+    left_open = client.create_multipart_upload(Bucket=bucket, Key="scenes/" + "a" * 24 + "/media.mp4")
+    settings.CELERY_TASK_TIME_LIMIT = -60  # every open upload counts as older than the hard limit
+
+    output = _run("purge_orphans")
+
+    assert "aborted 1 open upload(s)" in output
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert left_open["UploadId"]
+
+
+def test_purge_orphans_keeps_uploads_younger_than_the_hard_limit(settings, s3_endpoint: str, s3_bucket):
+    client, bucket = s3_bucket
+    for name, value in r2_env(endpoint=s3_endpoint, bucket=bucket).items():
+        setattr(settings, name, value)
+    client.create_multipart_upload(Bucket=bucket, Key="scenes/" + "b" * 24 + "/media.mp4")
+
+    output = _run("purge_orphans")
+
+    assert "aborted 0 open upload(s)" in output
+    assert len(client.list_multipart_uploads(Bucket=bucket)["Uploads"]) == 1

@@ -1,0 +1,65 @@
+"""A worker that stops taking work while tasks wait is reported; a busy or idle one is not."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import redis
+
+from mediastore import liveness
+
+
+def _state(**changes: object) -> dict[str, object]:
+    now = time.time()
+    return {"hostname": "celery@w1", "pid": 1, "at": now, "started": now - 1000, "last_received": now - 5,
+            "active": 1, "concurrency": 4, **changes}
+
+
+def test_a_worker_with_free_slots_that_takes_nothing_while_tasks_wait_is_stalled(settings):
+    settings.MEDIA_WORKER_STALL_AFTER = 60
+
+    verdict = liveness._judge(_state(last_received=time.time() - 300), queued=12, now=time.time())
+
+    assert not verdict.healthy
+    assert "stalled: 12 task(s) queued and 3 free slot(s)" in verdict.reason
+
+
+def test_a_full_worker_is_not_stalled(settings):
+    settings.MEDIA_WORKER_STALL_AFTER = 60
+
+    verdict = liveness._judge(_state(last_received=time.time() - 300, active=4), queued=12, now=time.time())
+
+    assert verdict.healthy
+
+
+def test_an_idle_worker_with_an_empty_queue_is_healthy(settings):
+    settings.MEDIA_WORKER_STALL_AFTER = 60
+
+    assert liveness._judge(_state(last_received=None), queued=0, now=time.time()).healthy
+
+
+def test_a_worker_that_stopped_reporting_is_gone():
+    verdict = liveness._judge(_state(at=time.time() - 120), queued=0, now=time.time())
+
+    assert not verdict.healthy
+    assert "has not reported" in verdict.reason
+
+
+def test_reports_go_through_the_broker(broker_url: str, settings):
+    settings.MEDIA_WORKER_STALL_AFTER = 60
+    reporter = liveness.Reporter(hostname="celery@w2", concurrency=2)
+    reporter.report(active=0)
+    client = redis.Redis.from_url(broker_url)
+    client.lpush("celery", json.dumps({"queued": "task"}))
+    stored = json.loads(client.get(liveness.KEY_PREFIX + "celery@w2"))
+    stored["started"] = stored["at"] = time.time() - 10
+    stored["last_received"] = time.time() - 600
+    client.set(liveness.KEY_PREFIX + "celery@w2", json.dumps(stored))
+
+    with pytest.raises(RuntimeError, match="celery@w2 stalled"):
+        liveness.check_workers()
+    reporter.forget()
+    assert client.get(liveness.KEY_PREFIX + "celery@w2") is None
+    client.close()
