@@ -13,8 +13,8 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,11 +44,22 @@ def scene_prefix(scene_id: str) -> str:
     return f"scenes/{scene_id}/"
 
 
+@dataclass(frozen=True)
+class OpenUpload:
+    """An upload that was started and neither completed nor aborted: a multipart upload on S3, a
+    half-written ``.upload-*`` file in the local folder."""
+
+    key: str
+    upload_id: str
+    initiated: dt.datetime
+
+
 class Storage(Protocol):
     async def upload(self, path: Path, *, key: str, content_type: str) -> None: ...
     async def delete_prefix(self, prefix: str) -> int: ...
     async def keys(self, prefix: str) -> list[str]: ...
-    async def abort_stale_uploads(self, prefix: str, *, older_than: float) -> int: ...
+    async def open_uploads(self, prefix: str) -> list[OpenUpload]: ...
+    async def abort_upload(self, upload: OpenUpload) -> None: ...
 
 
 def s3_connection() -> dict[str, Any]:
@@ -145,26 +156,24 @@ class S3Storage:
         except Exception:
             logger.exception("storage: could not abort multipart upload %s of %s", upload_id, key)
 
-    async def abort_stale_uploads(self, prefix: str, *, older_than: float) -> int:
-        """Abort multipart uploads under ``prefix`` started more than ``older_than`` seconds ago: what a
-        worker killed mid-upload left open (billed storage). Younger ones may still be running."""
+    async def open_uploads(self, prefix: str) -> list[OpenUpload]:
         client = await s3_client()
-        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
-        aborted = 0
+        found: list[OpenUpload] = []
         try:
             async for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
                                                                                         Prefix=prefix):
-                for upload in page.get("Uploads", []):
-                    if upload["Initiated"] < cutoff:
-                        await client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
-                                                            UploadId=upload["UploadId"])
-                        aborted += 1
+                found += [OpenUpload(key=u["Key"], upload_id=u["UploadId"], initiated=u["Initiated"])
+                          for u in page.get("Uploads", [])]
         except (ClientError, BotoCoreError) as exc:
-            raise _storage_error(exc, "abort stale uploads") from exc
-        if aborted:
-            logger.warning("storage: aborted %d multipart upload(s) older than %.0fs under %s", aborted,
-                           older_than, prefix)
-        return aborted
+            raise _storage_error(exc, "list open uploads") from exc
+        return found
+
+    async def abort_upload(self, upload: OpenUpload) -> None:
+        client = await s3_client()
+        try:
+            await client.abort_multipart_upload(Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id)
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error(exc, "abort an upload") from exc
 
     async def keys(self, prefix: str) -> list[str]:
         client = await s3_client()
@@ -219,20 +228,20 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError(f"could not write to the media folder: {exc.strerror}", retryable=False) from exc
 
-    async def abort_stale_uploads(self, prefix: str, *, older_than: float) -> int:
-        """Remove half-written ``.upload-*`` files older than ``older_than`` seconds (a worker killed
-        mid-copy); the local counterpart of an open multipart upload."""
+    async def open_uploads(self, prefix: str) -> list[OpenUpload]:
         base = self._path(prefix) if prefix else self.root
-        cutoff = time.time() - older_than
 
-        def sweep() -> int:
-            stale = [p for p in base.rglob(".upload-*") if p.is_file() and p.stat().st_mtime < cutoff] \
-                if base.exists() else []
-            for path in stale:
-                path.unlink(missing_ok=True)
-            return len(stale)
+        def find() -> list[OpenUpload]:
+            if not base.exists():
+                return []
+            return [OpenUpload(key=str(path.relative_to(self.root)), upload_id=path.name,
+                               initiated=dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC))
+                    for path in base.rglob(".upload-*") if path.is_file()]
 
-        return await asyncio.to_thread(sweep)
+        return await asyncio.to_thread(find)
+
+    async def abort_upload(self, upload: OpenUpload) -> None:
+        await asyncio.to_thread(self._path(upload.key).unlink, True)
 
     async def keys(self, prefix: str) -> list[str]:
         base = self._path(prefix) if prefix else self.root

@@ -15,7 +15,7 @@ from celery.utils.log import get_task_logger
 from django.conf import settings
 from django.db import close_old_connections
 
-from downloads import bridge, pipeline, storage
+from downloads import bridge, pipeline
 from downloads.asynctask import AsyncTask
 from mediastore import liveness
 from mediastore.celery import app as celery_app
@@ -75,9 +75,7 @@ def _sweep() -> None:
 
     try:
         services.scenes_sweep()
-        # An upload older than the hard limit has no task left that could finish it.
-        bridge.run(storage.get_storage().abort_stale_uploads(
-            "scenes/", older_than=float(settings.CELERY_TASK_TIME_LIMIT) + 60))
+        services.uploads_sweep()
     finally:
         close_old_connections()
 

@@ -208,3 +208,34 @@ def scenes_sweep() -> SweepResult:
     if requeued or worker_lost or resent:
         logger.warning("sweep: %s", result)
     return result
+
+
+# An upload this young may have a job that has just claimed its scene and is still starting; leave it.
+UPLOAD_ABORT_MARGIN = dt.timedelta(minutes=1)
+
+
+def uploads_sweep() -> int:
+    """Abort the open uploads under ``scenes/`` whose scene is not being processed: no job will finish
+    them (a worker killed mid-upload, a store that failed the abort). Returns how many were aborted.
+
+    The scene's status decides, not only the upload's age: S3-compatible stores disagree on ``Initiated``
+    (moto's is a fixed date), while a job uploads only while its scene is processing."""
+    from downloads import bridge, storage
+
+    store = storage.get_storage()
+    uploads = bridge.run(store.open_uploads("scenes/"))
+    by_scene: dict[str, list[storage.OpenUpload]] = {}
+    for upload in uploads:
+        parts = upload.key.split("/")
+        if len(parts) >= 3:
+            by_scene.setdefault(parts[1], []).append(upload)
+    processing = set(Scene.objects.filter(pk__in=list(by_scene), status=Scene.Status.PROCESSING)
+                     .values_list("pk", flat=True))
+    cutoff = timezone.now() - UPLOAD_ABORT_MARGIN
+    stale = [upload for scene_id, found in by_scene.items() if scene_id not in processing
+             for upload in found if upload.initiated < cutoff]
+    for upload in stale:
+        bridge.run(store.abort_upload(upload))
+    if stale:
+        logger.warning("sweep: aborted %d open upload(s) of scenes no longer processing", len(stale))
+    return len(stale)

@@ -167,27 +167,19 @@ def test_requeue_stuck_recovers_a_scene_whose_worker_was_killed(start_worker, me
     assert [key for key in stored if "media." in key] == [scene.storage_key]
 
 
-def test_purge_orphans_aborts_uploads_older_than_the_hard_limit(settings, s3_endpoint: str, s3_bucket):
+def test_purge_orphans_aborts_uploads_no_job_will_finish(owner, settings, s3_endpoint: str, s3_bucket):
     client, bucket = s3_bucket
     for name, value in r2_env(endpoint=s3_endpoint, bucket=bucket).items():
         setattr(settings, name, value)
-    left_open = client.create_multipart_upload(Bucket=bucket, Key="scenes/" + "a" * 24 + "/media.mp4")
-    settings.CELERY_TASK_TIME_LIMIT = -60  # every open upload counts as older than the hard limit
+    running = services.scene_create(owner=owner, source_url="https://example.com/running.mp4")
+    scene_states.start(scene_id=running.pk)
+    failed = services.scene_create(owner=owner, source_url="https://example.com/failed.mp4")
+    scene_states.fail(scene_id=failed.pk, error_code="internal_error", error_message="killed mid-upload")
+    for scene_id in (running.pk, failed.pk, "c" * 24):
+        client.create_multipart_upload(Bucket=bucket, Key=f"scenes/{scene_id}/media.mp4")
 
     output = _run("purge_orphans")
 
-    assert "aborted 1 open upload(s)" in output
-    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-    assert left_open["UploadId"]
-
-
-def test_purge_orphans_keeps_uploads_younger_than_the_hard_limit(settings, s3_endpoint: str, s3_bucket):
-    client, bucket = s3_bucket
-    for name, value in r2_env(endpoint=s3_endpoint, bucket=bucket).items():
-        setattr(settings, name, value)
-    client.create_multipart_upload(Bucket=bucket, Key="scenes/" + "b" * 24 + "/media.mp4")
-
-    output = _run("purge_orphans")
-
-    assert "aborted 0 open upload(s)" in output
-    assert len(client.list_multipart_uploads(Bucket=bucket)["Uploads"]) == 1
+    assert "aborted 2 open upload(s)" in output
+    left = [upload["Key"] for upload in client.list_multipart_uploads(Bucket=bucket)["Uploads"]]
+    assert left == [f"scenes/{running.pk}/media.mp4"]

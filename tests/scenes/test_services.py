@@ -110,3 +110,23 @@ def test_deleting_a_user_sends_the_objects_of_each_scene_to_deletion(owner, djan
         owner.delete()
 
     assert sorted(call.kwargs["args"][0] for call in send.call_args_list) == sorted(s.pk for s in scenes)
+
+
+def test_uploads_sweep_removes_half_written_local_files_of_scenes_not_processing(owner, settings, tmp_path):
+    import os
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    running = services.scene_create(owner=owner, source_url="https://example.com/v.mp4")
+    scene_states.start(scene_id=running.pk)
+    half_written = {}
+    for scene_id in (running.pk, "d" * 24):
+        path = tmp_path / "media" / "scenes" / scene_id / ".upload-abc"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"half")
+        old = (timezone.now() - dt.timedelta(minutes=5)).timestamp()
+        os.utime(path, (old, old))
+        half_written[scene_id] = path
+
+    assert services.uploads_sweep() == 1
+    assert half_written[running.pk].exists()
+    assert not half_written["d" * 24].exists()

@@ -1,15 +1,15 @@
 """``purge_orphans``: delete stored objects under ``scenes/`` whose scene no longer exists, and abort the
-multipart uploads under ``scenes/`` older than the hard time limit (a worker killed mid-upload)."""
+multipart uploads under ``scenes/`` whose scene is not being processed (a worker killed mid-upload)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from downloads import bridge, storage
 from downloads.exceptions import StorageError
+from scenes import services
 from scenes.models import Scene
 
 
@@ -42,8 +42,7 @@ class Command(BaseCommand):
         try:
             for scene_id in orphans:
                 bridge.run(store.delete_prefix(storage.scene_prefix(scene_id)))
-            aborted = bridge.run(store.abort_stale_uploads(
-                "scenes/", older_than=float(settings.CELERY_TASK_TIME_LIMIT) + 60))
+            aborted = services.uploads_sweep()
         except StorageError as error:
             raise CommandError(f"purge_orphans: the store failed: {error.message}") from error
         self.stdout.write(f"purge_orphans: deleted {count} orphaned object(s) of {len(orphans)} scene(s), "
