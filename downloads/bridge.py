@@ -423,8 +423,11 @@ class Bridge:
     def run(self, coro: Coroutine[Any, Any, T], *, soft_limit: float | None = None) -> T:
         """Run ``coro`` to completion from synchronous code and return its result (or raise its error)."""
         if not gevent_is_active():
-            return asyncio.run(_closing_shared(_supervised(coro, soft_limit=soft_limit, executor=None,
-                                                           state=_RunState())))
+            try:
+                return asyncio.run(_closing_shared(_supervised(coro, soft_limit=soft_limit, executor=None,
+                                                               state=_RunState())))
+            except asyncio.CancelledError as cancelled:
+                raise RunCancelled("the run was cancelled") from cancelled
         loop = self.start()
         executor = _TaskGreenletExecutor()
         state = _RunState()
@@ -435,7 +438,7 @@ class Bridge:
 
         def start_task() -> None:
             task = loop.create_task(_supervised(coro, soft_limit=soft_limit, executor=executor, state=state))
-            task.add_done_callback(lambda done: _settle(finished, done))
+            task.add_done_callback(lambda done: _settle(finished, done, state))
 
         loop.call_soon_threadsafe(start_task)
         try:
@@ -476,9 +479,15 @@ async def _closing_shared(coro: Coroutine[Any, Any, T]) -> T:
         return await coro
 
 
-def _settle(target: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
+class RunCancelled(Exception):
+    """A run ended by cancellation. An ``Exception``, unlike ``CancelledError``: Celery's pools treat any
+    other ``BaseException`` from a task as a lost worker, and its fast trace path then crashed without
+    acknowledging the message or freeing its prefetch slot, so the worker took less and less work."""
+
+
+def _settle(target: concurrent.futures.Future[T], task: asyncio.Task[T], state: _RunState) -> None:
     if task.cancelled():
-        target.set_exception(asyncio.CancelledError())
+        target.set_exception(RunCancelled(f"the run was cancelled ({state.reason or 'no reason given'})"))
     elif (error := task.exception()) is not None:
         target.set_exception(error)
     else:

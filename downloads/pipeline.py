@@ -43,7 +43,13 @@ logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 1.0  # at most one progress write a second
 HEARTBEAT_INTERVAL = 10.0  # and one every ten seconds even when nothing moves (uploads, merges)
+
+
+def _heartbeat_interval() -> float:
+    # Well inside MEDIA_STALE_AFTER, or a live job would look dead to the sweeper.
+    return min(HEARTBEAT_INTERVAL, float(settings.MEDIA_STALE_AFTER) / 3)
 JOB_DIR_PREFIX = "mediastore-job-"
+HAND_BACK_DELAY = 10.0  # seconds before a job handed back at shutdown may run again
 
 
 class _ProgressReporter:
@@ -71,7 +77,7 @@ class _ProgressReporter:
 
 async def _keep_heartbeat(scene_id: str) -> None:
     while True:
-        await asyncio.sleep(HEARTBEAT_INTERVAL)
+        await asyncio.sleep(_heartbeat_interval())
         await lifecycle.heartbeat(scene_id=scene_id)
 
 
@@ -124,7 +130,9 @@ async def _cancelled(scene_id: str) -> str:
                    "handed back to the queue" if released else "the scene had moved meanwhile")
     if reason == bridge.SHUTDOWN and released and task is not None:
         task.uncancel()
-        raise RetryLater(WorkerShutdownError(), countdown=0)
+        # Sent again with a delay: a worker that is shutting down may still take a message, and one due
+        # later is merely held, then restored to the queue when it stops, for the next worker to run.
+        raise RetryLater(WorkerShutdownError(), countdown=HAND_BACK_DELAY)
     raise asyncio.CancelledError
 
 

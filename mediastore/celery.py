@@ -8,6 +8,10 @@ from typing import Any
 from celery import Celery
 from celery.signals import celeryd_init
 
+from mediastore import broker_fixes
+
+broker_fixes.apply()
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mediastore.settings")
 
 app = Celery("mediastore")

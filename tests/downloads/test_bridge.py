@@ -87,7 +87,7 @@ def test_plain_cancellation_is_not_mistaken_for_the_soft_limit():
         asyncio.get_running_loop().call_later(0.05, task.cancel)
         await asyncio.sleep(5)
 
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(bridge.RunCancelled):
         bridge.run(body(), soft_limit=10)
 
 

@@ -444,7 +444,7 @@ def test_shutdown_hands_the_scene_back_and_asks_for_the_task_again():
         with pytest.raises(RetryLater) as later:
             bridge.run(body())
 
-    assert later.value.countdown == 0
+    assert later.value.countdown == pipeline.HAND_BACK_DELAY
     assert later.value.error.code == "worker_shutdown"
     calls["release"].assert_awaited_once_with(scene_id=SCENE_ID)
     calls["fail"].assert_not_awaited()
@@ -459,7 +459,7 @@ def test_hard_limit_fails_the_scene_and_lets_the_cancellation_through():
     with ExitStack() as stack:
         for patch in patches:
             stack.enter_context(patch)
-        with pytest.raises(asyncio.CancelledError):
+        with pytest.raises(bridge.RunCancelled):
             bridge.run(body())
 
     assert calls["fail"].await_args.kwargs["code"] == "timeout"

@@ -22,7 +22,7 @@ from scenes.models import Scene
 from tests.harness.media import MediaServer
 from tests.harness.processes import ServiceProcess, wait_until
 from tests.harness.services import CeleryWorker, redis_server, worker_environment
-from tests.harness.tasks import ingest_past_the_hard_limit
+from tests.harness.tasks import STUBBORN_MARK, ingest_past_the_hard_limit
 
 RECOVERY = {
     "MEDIA_MAX_FILESIZE": "20M",
@@ -55,14 +55,17 @@ def _statuses(ids: list[str]) -> dict[str, int]:
 
 
 def _wait_all_terminal(ids: list[str], *, timeout: float) -> None:
-    wait_until(lambda: not Scene.objects.filter(pk__in=ids, status__in=["queued", "processing"]).exists(),
-               timeout=timeout, interval=0.5, what=f"all {len(ids)} scenes to finish (now {_statuses(ids)})")
+    try:
+        wait_until(lambda: not Scene.objects.filter(pk__in=ids, status__in=["queued", "processing"]).exists(),
+                   timeout=timeout, interval=0.5, what=f"all {len(ids)} scenes to finish")
+    except TimeoutError as late:
+        raise TimeoutError(f"{late}; statuses now {_statuses(ids)}") from None
 
 
 def test_hard_limit_fails_the_scene_as_timeout_and_removes_its_temp_folder(start_worker, owner, job_tmp: Path,
                                                                            media_server: MediaServer):
     start_worker(env={**RECOVERY, "TMPDIR": str(job_tmp)})
-    scene = services.scene_create(owner=owner, source_url=media_server.url("video.mp4"))
+    scene = services.scene_create(owner=owner, source_url=media_server.url(f"video.mp4?{STUBBORN_MARK}"))
 
     ingest_past_the_hard_limit.delay(scene.pk)
 
@@ -77,7 +80,8 @@ def test_a_worker_drains_three_times_its_concurrency_while_some_jobs_hit_the_har
         start_worker, owner, job_tmp: Path, media_server: MediaServer):
     concurrency = 4
     worker = start_worker(concurrency=concurrency, env={**RECOVERY, "TMPDIR": str(job_tmp)})
-    stuck = [services.scene_create(owner=owner, source_url=media_server.url("video.mp4")) for _ in range(4)]
+    stuck = [services.scene_create(owner=owner, source_url=media_server.url(f"video.mp4?{STUBBORN_MARK}"))
+             for _ in range(4)]
     normal = [services.scene_create(owner=owner, source_url=media_server.url("video.mp4"))
               for _ in range(3 * concurrency - len(stuck))]
 
@@ -188,7 +192,7 @@ def test_warm_shutdown_hands_running_jobs_back(start_worker, owner, job_tmp: Pat
 
     assert time.monotonic() - started < 15
     assert _statuses([s.pk for s in scenes]) == {"queued": 3}
-    assert worker.log().count("handed back to the queue") == 3
+    assert worker.log().count("cancelled (shutdown); handed back to the queue") == 3
     assert list(job_tmp.iterdir()) == []
     start_worker(env=env)  # the re-sent tasks, not the sweeper (MEDIA_RESEND_AFTER is long), finish them
     _wait_all_terminal([s.pk for s in scenes], timeout=120)

@@ -149,15 +149,22 @@ async def noop_async() -> None:
     return None
 
 
-@celery_app.task(base=AsyncTask, soft_time_limit=1, time_limit=3)
-async def ingest_past_the_hard_limit(scene_id: str) -> str:
-    """The real pipeline, with a download that shrugs off the soft limit (as code stuck in a library
-    might), so that the hard limit is what ends the job."""
-    from unittest import mock
+STUBBORN_MARK = "stubborn=1"
 
-    from downloads import pipeline, ytdlp
 
-    async def stubborn_download(*args: object, **kwargs: object) -> None:
+def _install_stubborn_download() -> None:
+    """Once per worker: a download whose URL carries ``STUBBORN_MARK`` shrugs off the soft limit (as code
+    stuck in a library might); every other URL goes to the real yt-dlp. Installed once, not patched per
+    task: concurrent patches undone in another order would leave the stub in place for everyone."""
+    from downloads import ytdlp
+
+    if getattr(ytdlp.download, "stubborn", False):
+        return
+    real = ytdlp.download
+
+    async def download(url: str, *args: object, **kwargs: object) -> object:
+        if STUBBORN_MARK not in url:
+            return await real(url, *args, **kwargs)  # type: ignore[arg-type]
         while True:
             try:
                 await asyncio.sleep(60)
@@ -168,5 +175,15 @@ async def ingest_past_the_hard_limit(scene_id: str) -> str:
                 assert task is not None
                 task.uncancel()
 
-    with mock.patch.object(ytdlp, "download", stubborn_download):
-        return await pipeline.ingest(scene_id=scene_id)
+    download.stubborn = True  # type: ignore[attr-defined]
+    ytdlp.download = download  # type: ignore[assignment]
+
+
+@celery_app.task(base=AsyncTask, soft_time_limit=1, time_limit=3)
+async def ingest_past_the_hard_limit(scene_id: str) -> str:
+    """The real pipeline for a scene whose URL carries ``STUBBORN_MARK``, so the hard limit ends the job."""
+    from downloads import pipeline
+
+    _install_stubborn_download()
+    return await pipeline.ingest(scene_id=scene_id)
+

@@ -1,0 +1,99 @@
+"""Two fixes to Celery 5.7 / kombu 5.7 for the ``-P gevent`` worker on Redis; applied by ``mediastore.celery``.
+
+A Redis restart (or any broker error while a task acknowledges) left the worker running but deaf: queue not
+empty, pool slots free, no BRPOP pending, ``inspect ping`` unanswered.
+
+1. kombu's Redis ``QoS.ack``/``reject`` (kombu/transport/redis.py, ``QoS.ack`` and ``QoS.reject``) talk to
+   Redis *before* releasing the prefetch slot (``virtual.QoS.ack``). When Redis cannot be reached the error
+   skips the release; Celery logs "Couldn't ack" and carries on, but the channel still counts the message as
+   in flight. Once ``prefetch_count`` (= ``-c``) slots are lost, ``QoS.can_consume()`` is False for good:
+   the poller never sends BRPOP again, so it never touches the dead socket, never raises, and the consumer is
+   never restarted, which is the only thing that would have reset the channel. Fewer lost slots leave the
+   worker running at reduced concurrency. Here the slot is released whatever Redis answers: the message is
+   still in Redis's unacked hash (if Redis kept it) and comes back after the visibility timeout, which
+   ``acks_late`` tasks must tolerate anyway.
+
+2. Celery's ``gPidbox.loop`` (celery/worker/pidbox.py), the remote-control greenlet of green pools, has no
+   error handling: a ``ConnectionError`` from ``drain_events`` ends the greenlet, and only a consumer restart
+   spawns it again. kombu reconnects the consumer's BRPOP connection silently, so no restart comes, and
+   ``inspect ping``/``shutdown`` go unanswered for the life of the worker. Here the loop reconnects itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_PIDBOX_RECONNECT_DELAY = 1.0
+
+
+def _patch_redis_qos() -> None:
+    from kombu.transport import redis as kombu_redis
+    from kombu.transport import virtual
+
+    qos_class: Any = kombu_redis.QoS
+    if getattr(qos_class, "_mediastore_patched", False):
+        return
+
+    def ack(self: Any, delivery_tag: Any) -> None:
+        try:
+            self._remove_from_indices(delivery_tag).execute()
+        finally:
+            virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self: Any, delivery_tag: Any, requeue: bool = False) -> None:
+        try:
+            if requeue:
+                self.restore_by_tag(delivery_tag, leftmost=True)
+            else:
+                self._remove_from_indices(delivery_tag).execute()
+        finally:
+            virtual.QoS.ack(self, delivery_tag)
+
+    qos_class.ack = ack
+    qos_class.reject = reject
+    qos_class._mediastore_patched = True
+
+
+def _patch_gpidbox() -> None:
+    from celery.worker import pidbox
+
+    gpidbox: Any = pidbox.gPidbox
+    if getattr(gpidbox, "_mediastore_patched", False):
+        return
+
+    def loop(self: Any, c: Any) -> None:
+        # celery's gPidbox.loop, with the connection (re)made inside a retry loop.
+        resets = [self._resets]
+        shutdown = self._node_shutdown = threading.Event()
+        stopped = self._node_stopped = threading.Event()
+        try:
+            while not shutdown.is_set() and c.connection:
+                try:
+                    with c.connection_for_read() as connection:
+                        logger.info("pidbox: Connected to %s.", connection.as_uri())
+                        self._do_reset(c, connection)
+                        while not shutdown.is_set() and c.connection:
+                            if resets[0] < self._resets:
+                                resets[0] += 1
+                                self._do_reset(c, connection)
+                            with contextlib.suppress(TimeoutError):  # socket.timeout is TimeoutError
+                                connection.drain_events(timeout=1.0)
+                except c.connection_errors as exc:
+                    logger.warning("pidbox: connection lost (%r); reconnecting in %.0f s", exc,
+                                   _PIDBOX_RECONNECT_DELAY)
+                    shutdown.wait(_PIDBOX_RECONNECT_DELAY)  # gevent-patched: cooperative
+        finally:
+            stopped.set()
+
+    gpidbox.loop = loop
+    gpidbox._mediastore_patched = True
+
+
+def apply() -> None:
+    _patch_redis_qos()
+    _patch_gpidbox()
