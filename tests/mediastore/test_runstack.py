@@ -60,7 +60,7 @@ def test_stack_serves_web_and_runs_the_gevent_worker_until_ctrl_c(stack):
 
 def _manage(env: dict[str, str], code: str) -> str:
     """Run Django code against the stack's own database, as an operator's shell would."""
-    done = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=REPO_ROOT, env=env,
+    done = subprocess.run([sys.executable, "manage.py", "shell", "--no-imports", "-c", code], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=60, check=True)
     return done.stdout.strip()
 
