@@ -22,6 +22,7 @@ from django.contrib.auth import get_user_model
 from mediastore.celery import app as celery_app
 from mediastore.fingerprint import config_fingerprint
 from mediastore.health import check_broker, check_database, check_object_store
+from mediastore.liveness import check_workers
 from scenes import services
 from scenes.models import Scene
 
@@ -62,6 +63,7 @@ def run_checks(*, e2e: bool, timeout: float = 60.0) -> Iterator[Check]:
         yield Check("0.1", "worker", "FAIL", "no worker answered a ping within 3 s; is the worker running?")
         return
     yield Check("0.1", "worker", "PASS", f"{len(answers)} worker(s) answered")
+    yield _attempt("0.1", "workers taking work", check_workers)
     try:
         info = _worker_info(timeout=min(timeout, 20))
     except Exception as exc:

@@ -196,3 +196,20 @@ async def test_mongo_client_is_shared_and_uses_the_backend_connection_parameters
     assert first is second is client.__getitem__.return_value
     client.__getitem__.assert_called_with("media")
     client.__aexit__.assert_awaited_once()
+
+
+def test_a_reaped_child_is_forgotten_so_a_hard_limit_cannot_kill_a_reused_pid():
+    subprocess_module = bridge._native_subprocess_module()
+    state = bridge._RunState()
+    token = bridge._run_state.set(state)
+    try:
+        running = subprocess_module.Popen(["sleep", "5"])
+        finished = subprocess_module.Popen(["true"])
+        finished.wait()
+
+        assert state.children == {running.pid}
+    finally:
+        running.kill()
+        running.wait()
+        bridge._run_state.reset(token)
+    assert state.children == set()

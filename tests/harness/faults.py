@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,9 +22,10 @@ _S3_CODES = {403: "AccessDenied", 500: "InternalError", 503: "SlowDown"}
 
 @dataclass
 class _Rule:
-    status: int
+    status: int  # 0: no error, only the delay
     remaining: int
     when: Callable[[str, str], bool]
+    delay: float = 0.0
 
 
 def is_upload_part(method: str, path: str) -> bool:
@@ -42,7 +44,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         self.server.seen.append((self.command, self.path))
         rule = self.server.take_rule(self.command, self.path)
-        if rule is not None:
+        if rule is not None and rule.delay:
+            time.sleep(rule.delay)
+        if rule is not None and rule.status:
             self.server.injected.append((self.command, self.path, rule.status))
             payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{_S3_CODES.get(rule.status, "Error")}'
                        f"</Code><Message>injected by the test</Message></Error>").encode()
@@ -108,6 +112,10 @@ class FaultProxy:
 
     def fail(self, status: int, *, times: int, when: Callable[[str, str], bool]) -> None:
         self._server.rules.append(_Rule(status=status, remaining=times, when=when))
+
+    def slow(self, seconds: float, *, times: int, when: Callable[[str, str], bool]) -> None:
+        """Hold the next ``times`` matching requests for ``seconds`` before forwarding them."""
+        self._server.rules.append(_Rule(status=0, remaining=times, when=when, delay=seconds))
 
     def __enter__(self) -> FaultProxy:
         self._thread.start()
