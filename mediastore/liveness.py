@@ -80,6 +80,17 @@ def queue_length(client: Any, queue: str = "celery") -> int:
     return sum(int(client.llen(key)) for key in keys)
 
 
+def broker_queue_length() -> int | None:
+    """Tasks waiting in the broker's default queue, or None when the broker is not Redis."""
+    client = _redis()
+    if client is None:
+        return None
+    try:
+        return queue_length(client)
+    finally:
+        client.close()
+
+
 def _judge(state: dict[str, Any], *, queued: int, now: float) -> WorkerHealth:
     stall_after = settings.MEDIA_WORKER_STALL_AFTER
     hostname = state["hostname"]

@@ -179,6 +179,19 @@ class SweepResult:
     moved: int = 0
 
 
+def _broker_holds_enough(waiting: int) -> bool:
+    """Whether the broker's queue holds at least as many tasks as there are scenes waiting: then they are
+    most likely a backlog behind busy workers, and their tasks are still there. A broker that lost its data
+    (or an enqueue that failed) leaves fewer, and then the waiting scenes are sent again."""
+    from mediastore import liveness
+
+    try:
+        queued = liveness.broker_queue_length()
+    except Exception:  # the broker does not answer: sending fails anyway and is tried next round
+        return False
+    return queued is not None and queued >= waiting
+
+
 def scenes_sweep() -> SweepResult:
     """What the periodic sweeper does, so that every accepted scene ends on its own: processing scenes
     whose heartbeat is older than ``MEDIA_STALE_AFTER`` (their worker died) are queued again or failed as
@@ -195,7 +208,10 @@ def scenes_sweep() -> SweepResult:
                 worker_lost += 1
         except lifecycle.SceneStateConflict:
             moved += 1
-    for scene in selectors.scenes_waiting(older_than=dt.timedelta(seconds=settings.MEDIA_RESEND_AFTER)):
+    waiting = selectors.scenes_waiting(older_than=dt.timedelta(seconds=settings.MEDIA_RESEND_AFTER))
+    if waiting and _broker_holds_enough(len(waiting)):
+        waiting = []  # a backlog, not lost tasks: sending them again would only pile up duplicates
+    for scene in waiting:
         task_id = str(uuid.uuid4())
         try:
             with transaction.atomic():

@@ -83,7 +83,8 @@ def test_sweep_fails_as_worker_lost_a_scene_out_of_attempts(scene: Scene, settin
     send.assert_not_called()
 
 
-def test_sweep_sends_again_a_scene_queued_too_long(scene: Scene, settings, django_capture_on_commit_callbacks):
+def test_sweep_sends_again_a_scene_queued_too_long(scene: Scene, settings, broker_url: str,
+                                                    django_capture_on_commit_callbacks):
     _age(scene, settings.MEDIA_RESEND_AFTER + 10)
 
     with mock.patch("downloads.tasks.download_media_task.apply_async") as send, \
@@ -130,3 +131,16 @@ def test_uploads_sweep_removes_half_written_local_files_of_scenes_not_processing
     assert services.uploads_sweep() == 1
     assert half_written[running.pk].exists()
     assert not half_written["d" * 24].exists()
+
+
+def test_sweep_does_not_resend_a_backlog_the_broker_still_holds(scene: Scene, settings, broker_url: str):
+    import redis
+
+    _age(scene, settings.MEDIA_RESEND_AFTER + 10)
+    client = redis.Redis.from_url(broker_url)
+    client.lpush("celery", "a task still waiting for a free worker")
+    client.close()
+
+    with mock.patch("downloads.tasks.download_media_task.apply_async") as send:
+        assert services.scenes_sweep().resent == 0
+    send.assert_not_called()
