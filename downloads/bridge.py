@@ -71,6 +71,7 @@ _NATIVE_POOL_SIZE = 8
 SOFT_LIMIT = "soft_limit"
 HARD_LIMIT = "hard_limit"
 SHUTDOWN = "shutdown"
+MOVED = "moved"  # the run itself found that its work is no longer its own
 
 
 class _RunState:
@@ -92,6 +93,13 @@ class _RunState:
 # The current run's state (a contextvar, so each run sees its own).
 _run_state: contextvars.ContextVar[_RunState] = contextvars.ContextVar("mediastore_run_state")
 _active_runs: set[_RunState] = set()
+
+
+def cancel_current(reason: str) -> None:
+    """From inside a run (its task or a child task): cancel the whole run, for ``reason``."""
+    state = _run_state.get(None)
+    if state is not None:
+        state.cancel(reason)
 
 
 def cancel_reason() -> str | None:
@@ -285,12 +293,27 @@ class _TaskGreenletExecutor(concurrent.futures.Executor):
             collections.deque()
         )
         self._wakeup = gevent.event.Event()
+        self._closed = False
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        if self._closed:
+            future.set_exception(RuntimeError("the task's greenlet is gone; this call cannot run"))
+            return future
         self._work.append((future, lambda: fn(*args, **kwargs)))
+        if self._closed:  # closed between the check and the append (another thread): fail it too
+            self.close()
         self.wake()
         return future
+
+    def close(self) -> None:
+        """The greenlet stops serving (its grace ran out): fail what waits and what comes, so the run's
+        coroutine ends instead of waiting forever for calls nobody will make."""
+        self._closed = True
+        while self._work:
+            future, _ = self._work.popleft()
+            if future.set_running_or_notify_cancel():
+                future.set_exception(RuntimeError("the task's greenlet is gone; this call cannot run"))
 
     def wake(self) -> None:
         """Thread-safe: wakes the waiting greenlet from the loop thread."""
@@ -451,6 +474,7 @@ class Bridge:
             kill_process_groups(state.children)
             if not executor.serve_until(finished, timeout=HARD_LIMIT_GRACE):
                 logger.warning("bridge: a cancelled run did not finish within %.0fs", HARD_LIMIT_GRACE)
+                executor.close()
             raise
         return finished.result()
 

@@ -13,7 +13,6 @@ attempts left, or a warm shutdown that handed the job back). Only a worker that 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
@@ -55,8 +54,9 @@ HAND_BACK_DELAY = 10.0  # seconds before a job handed back at shutdown may run a
 class _ProgressReporter:
     """Writes progress and stage at most once a second; the scene's heartbeat in between."""
 
-    def __init__(self, scene_id: str) -> None:
+    def __init__(self, scene_id: str, attempt: int) -> None:
         self.scene_id = scene_id
+        self.attempt = attempt
         self._last_write = 0.0
         self._last: tuple[str, int | None] | None = None
 
@@ -68,17 +68,36 @@ class _ProgressReporter:
         if current == self._last or (same_stage and now - self._last_write < PROGRESS_INTERVAL):
             return
         self._last, self._last_write = current, now
-        await lifecycle.heartbeat(scene_id=self.scene_id, stage=progress.stage, progress=value)
+        await self._write(stage=progress.stage, progress=value)
 
     async def stage(self, stage: str, progress: int | None = None) -> None:
         self._last, self._last_write = (stage, progress), time.monotonic()
-        await lifecycle.heartbeat(scene_id=self.scene_id, stage=stage, progress=progress)
+        await self._write(stage=stage, progress=progress)
+
+    async def _write(self, **changes: Any) -> None:
+        if not await lifecycle.heartbeat(scene_id=self.scene_id, attempt=self.attempt, **changes):
+            _lost_the_scene(self.scene_id)
 
 
-async def _keep_heartbeat(scene_id: str) -> None:
+def _lost_the_scene(scene_id: str) -> None:
+    # Taken over, queued again or deleted while we worked: stop, leave the scene to whoever has it now.
+    logger.warning("ingest %s: the scene is no longer this run's; stopping", scene_id)
+    bridge.cancel_current(bridge.MOVED)
+
+
+async def _keep_heartbeat(scene_id: str, attempt: int) -> None:
     while True:
         await asyncio.sleep(_heartbeat_interval())
-        await lifecycle.heartbeat(scene_id=scene_id)
+        try:
+            alive = await lifecycle.heartbeat(scene_id=scene_id, attempt=attempt)
+        except Exception:
+            # A database hiccup (a locked SQLite file, a MongoDB failover) must not end the heartbeat while
+            # the job goes on: the sweeper would take the scene over from a live worker.
+            logger.warning("ingest %s: heartbeat not written; trying again", scene_id, exc_info=True)
+            continue
+        if not alive:
+            _lost_the_scene(scene_id)
+            return
 
 
 async def ingest(*, scene_id: str) -> str:
@@ -94,41 +113,52 @@ async def ingest(*, scene_id: str) -> str:
         # The temp folder is gone before the scene's final status is written, so whoever sees
         # "completed" or "failed" also sees the clean-up done.
         fields = await _in_job_dir(scene_id, claim)
-        return await _complete(scene_id, fields)
+        return await _complete(scene_id, claim, fields)
     except MediastoreError as error:
-        return await _failed(scene_id, error, claim.attempts)
+        return await _failed(scene_id, claim, error)
     except asyncio.CancelledError:
-        return await _cancelled(scene_id)
+        return await _cancelled(scene_id, claim)
     except OSError as error:
         if error.errno == errno.ENOSPC:
-            return await _failed(scene_id, DiskFullError(), claim.attempts)
+            return await _failed(scene_id, claim, DiskFullError())
         logger.exception("ingest %s: unexpected error", scene_id)
-        return await _failed(scene_id, InternalError(), attempts=None)
+        return await _failed(scene_id, claim, InternalError(), retry=False)
     except Exception:
         logger.exception("ingest %s: unexpected error", scene_id)
-        return await _failed(scene_id, InternalError(), attempts=None)
+        return await _failed(scene_id, claim, InternalError(), retry=False)
 
 
-async def _cancelled(scene_id: str) -> str:
-    """The run was cancelled: the soft limit fails the scene and the task ends normally; the hard limit
-    fails it too; a worker shutdown hands it back (queued, the attempt not counted) and asks for the task
-    to be sent again. Anything else (an unexplained cancel) hands it back as well, for the sweeper."""
+async def _cancelled(scene_id: str, claim: lifecycle.Claim) -> str:
+    """The run was cancelled. The soft limit fails the scene and the task ends normally; the hard limit
+    fails it too (the greenlet then reports the limit); a worker shutdown hands it back (queued, the attempt
+    not counted) and asks for the task to be sent again; a run that lost its scene just stops. Anything
+    else (an unexplained cancel) queues the scene again with the attempt counted, for the sweeper."""
     reason = bridge.cancel_reason()
     task = asyncio.current_task()
-    if reason == bridge.SOFT_LIMIT and task is not None:
+    assert task is not None
+    if reason == bridge.SOFT_LIMIT:
         task.uncancel()
-        return await _failed(scene_id, DownloadTimeoutError(
+        return await _failed(scene_id, claim, DownloadTimeoutError(
             f"The job ran past its time limit ({settings.CELERY_TASK_SOFT_TIME_LIMIT:g} s) and was stopped."),
-            attempts=None)
+            retry=False)
+    if reason == bridge.MOVED:
+        task.uncancel()
+        return await _moved(scene_id, "stopped:")
     if reason == bridge.HARD_LIMIT:
         # Shielded: the greenlet gives the run a short grace to write this, and nothing may cut it short.
-        await asyncio.shield(lifecycle.fail(scene_id=scene_id, code=DownloadTimeoutError.code, message=(
-            f"The job ran past its hard time limit ({settings.CELERY_TASK_TIME_LIMIT:g} s) and was stopped.")))
+        await asyncio.shield(lifecycle.fail(scene_id=scene_id, attempt=claim.attempts, code=DownloadTimeoutError.code,
+                                            message=f"The job ran past its hard time limit "
+                                                    f"({settings.CELERY_TASK_TIME_LIMIT:g} s) and was stopped."))
         raise asyncio.CancelledError
-    released = await asyncio.shield(lifecycle.release(scene_id=scene_id))
+    if reason == bridge.SHUTDOWN:
+        released = await asyncio.shield(lifecycle.release(scene_id=scene_id, attempt=claim.attempts))
+    else:
+        released = await asyncio.shield(lifecycle.retry_later(
+            scene_id=scene_id, attempt=claim.attempts, code=InternalError.code,
+            message="The job was interrupted; it will be tried again."))
     logger.warning("ingest %s: cancelled (%s); %s", scene_id, reason or "no reason given",
                    "handed back to the queue" if released else "the scene had moved meanwhile")
-    if reason == bridge.SHUTDOWN and released and task is not None:
+    if reason == bridge.SHUTDOWN and released:
         task.uncancel()
         # Sent again with a delay: a worker that is shutting down may still take a message, and one due
         # later is merely held, then restored to the queue when it stops, for the next worker to run.
@@ -153,13 +183,13 @@ async def _make_job_dir(scene_id: str) -> Path:
 
 async def _in_job_dir(scene_id: str, claim: lifecycle.Claim) -> dict[str, Any]:
     job_dir = await _make_job_dir(scene_id)
-    heartbeat = asyncio.create_task(_keep_heartbeat(scene_id))
+    heartbeat = asyncio.create_task(_keep_heartbeat(scene_id, claim.attempts))
     try:
         return await _run(scene_id, claim, job_dir)
     finally:
         heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
+        # wait() never raises: neither the heartbeat's end nor a cancellation of ours is swallowed here.
+        await asyncio.wait([heartbeat])
         # Shielded: a cancelled job (hard limit) must still leave no temp folder behind.
         await asyncio.shield(asyncio.to_thread(shutil.rmtree, job_dir, True))
 
@@ -192,7 +222,7 @@ def _alive(pid: int) -> bool:
 
 async def _run(scene_id: str, claim: lifecycle.Claim, job_dir: Path) -> dict[str, Any]:
     """Download, probe, thumbnail and upload; returns the fields the completed scene gets."""
-    reporter = _ProgressReporter(scene_id)
+    reporter = _ProgressReporter(scene_id, claim.attempts)
     steps: dict[str, float] = {}
     mark = time.monotonic()
 
@@ -232,8 +262,8 @@ async def _run(scene_id: str, claim: lifecycle.Claim, job_dir: Path) -> dict[str
     return fields
 
 
-async def _complete(scene_id: str, fields: dict[str, Any]) -> str:
-    if await lifecycle.complete(scene_id=scene_id, fields=fields):
+async def _complete(scene_id: str, claim: lifecycle.Claim, fields: dict[str, Any]) -> str:
+    if await lifecycle.complete(scene_id=scene_id, attempt=claim.attempts, fields=fields):
         logger.info("ingest %s: completed", scene_id)
         return "completed"
     return await _moved(scene_id, "stored, but")
@@ -250,16 +280,17 @@ async def _moved(scene_id: str, what: str) -> str:
     return "moved"
 
 
-async def _failed(scene_id: str, error: MediastoreError, attempts: int | None) -> str:
-    if error.retryable and attempts is not None and attempts < settings.MEDIA_MAX_ATTEMPTS:
+async def _failed(scene_id: str, claim: lifecycle.Claim, error: MediastoreError, *, retry: bool = True) -> str:
+    attempts = claim.attempts
+    if retry and error.retryable and attempts < settings.MEDIA_MAX_ATTEMPTS:
         countdown = settings.MEDIA_RETRY_BACKOFF * 2 ** (attempts - 1)
         logger.warning("ingest %s: %s (%s); retry %d of %d in %.0fs", scene_id, error.code, error.message,
                        attempts, settings.MEDIA_MAX_ATTEMPTS - 1, countdown)
-        if await lifecycle.retry_later(scene_id=scene_id, code=error.code, message=error.message):
+        if await lifecycle.retry_later(scene_id=scene_id, attempt=attempts, code=error.code, message=error.message):
             raise RetryLater(error, countdown)
         return await _moved(scene_id, f"{error.code}, and")
     logger.warning("ingest %s: failed with %s: %s", scene_id, error.code, error.message)
-    if await lifecycle.fail(scene_id=scene_id, code=error.code, message=error.message):
+    if await lifecycle.fail(scene_id=scene_id, attempt=attempts, code=error.code, message=error.message):
         return "failed"
     return await _moved(scene_id, f"{error.code}, and")
 

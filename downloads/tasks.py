@@ -115,7 +115,9 @@ class _DownloadTask(AsyncTask):
         # The scene was deleted while it was being ingested: what the upload stored goes with a delete task
         # (retried while the store fails), sent from here because the pipeline runs on the loop thread.
         if retval == "deleted":
-            delete_scene_objects_task.apply_async(args=(args[0] if args else kwargs["mongo_db_id"],))
+            from scenes import services
+
+            services.scene_objects_delete(scene_id=args[0] if args else kwargs["mongo_db_id"])
 
 
 @celery_app.task(base=_DownloadTask, name="downloads.download_media_task")
@@ -124,7 +126,16 @@ async def download_media_task(mongo_db_id: str) -> str:
     return await pipeline.ingest(scene_id=mongo_db_id)
 
 
-@celery_app.task(base=AsyncTask, name="downloads.delete_scene_objects_task", max_retries=10)
+class _DeleteTask(AsyncTask):
+    abstract = True
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        from scenes import services
+
+        services.scene_objects_deleted(scene_id=args[0] if args else kwargs["scene_id"])
+
+
+@celery_app.task(base=_DeleteTask, name="downloads.delete_scene_objects_task", max_retries=10)
 async def delete_scene_objects_task(scene_id: str) -> int:
     """Delete every stored object of a deleted scene; retried with backoff while the store fails."""
     return await pipeline.delete_objects(scene_id=scene_id)

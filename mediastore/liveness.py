@@ -49,16 +49,20 @@ class Reporter:
         self.concurrency = concurrency
         self.started = time.time()
         self.last_received: float | None = None
+        self.last_full: float | None = None  # the last time every slot was busy: nothing could be taken
         self._client = _redis()
 
     def received(self) -> None:
         self.last_received = time.time()
 
     def report(self, *, active: int) -> None:
+        if active >= self.concurrency:
+            self.last_full = time.time()
         if self._client is None:
             return
         state = {"hostname": self.hostname, "pid": os.getpid(), "at": time.time(), "started": self.started,
-                 "last_received": self.last_received, "active": active, "concurrency": self.concurrency}
+                 "last_received": self.last_received, "last_full": self.last_full, "active": active,
+                 "concurrency": self.concurrency}
         self._client.set(KEY_PREFIX + self.hostname, json.dumps(state), ex=REPORT_TTL)
 
     def forget(self) -> None:
@@ -80,13 +84,19 @@ def queue_length(client: Any, queue: str = "celery") -> int:
     return sum(int(client.llen(key)) for key in keys)
 
 
-def broker_queue_length() -> int | None:
-    """Tasks waiting in the broker's default queue, or None when the broker is not Redis."""
+def broker_task_ids(queue: str = "celery") -> set[str] | None:
+    """The ids of the tasks the broker holds: waiting in the queue, or delivered and not yet acknowledged
+    (running, or held by a worker until their countdown). None when the broker is not Redis."""
     client = _redis()
     if client is None:
         return None
     try:
-        return queue_length(client)
+        payloads: list[Any] = []
+        for key in [queue] + [f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in (3, 6, 9)]:
+            payloads += [json.loads(raw) for raw in client.lrange(key, 0, -1)]
+        # kombu keeps unacknowledged messages in the "unacked" hash as [message, exchange, routing key].
+        payloads += [json.loads(raw)[0] for raw in client.hvals("unacked")]
+        return {str(p.get("headers", {}).get("id")) for p in payloads if isinstance(p, dict)}
     finally:
         client.close()
 
@@ -96,7 +106,8 @@ def _judge(state: dict[str, Any], *, queued: int, now: float) -> WorkerHealth:
     hostname = state["hostname"]
     if now - state["at"] > REPORT_INTERVAL * 3:
         return WorkerHealth(hostname, False, f"has not reported for {now - state['at']:.0f} s")
-    last = state["last_received"] or state["started"]
+    # A worker whose slots were all busy could take nothing: it counts as having taken work then.
+    last = max(state["last_received"] or 0, state.get("last_full") or 0, state["started"])
     idle = now - last
     if queued and state["active"] < state["concurrency"] and idle > stall_after:
         free = state["concurrency"] - state["active"]

@@ -8,7 +8,6 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import transaction
 from django.db.models import QuerySet
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view, inline_serializer
@@ -162,15 +161,20 @@ class MediaStoreView(APIView):
         record = self._replay(user, key, request_hash)
         if record is None:
             try:
-                with transaction.atomic():
-                    response = self._store(request, data, user)
-                    record = services.idempotent_remember(owner=user, key=key, request_hash=request_hash,
-                                                          status_code=response.status_code,
-                                                          response=dict(response.data))
+                record = services.idempotent_claim(owner=user, key=key, request_hash=request_hash)
             except services.IdempotencyKeyTaken:
-                # A concurrent request with this key won; ours was rolled back. Answer as it did.
-                record = self._replay(user, key, request_hash)
-                assert record is not None
+                record = self._replay(user, key, request_hash)  # the request that got there first
+            else:
+                try:
+                    response = self._store(request, data, user)
+                except BaseException:
+                    services.idempotent_forget(record=record)
+                    raise
+                record = services.idempotent_remember(record=record, status_code=response.status_code,
+                                                      response=dict(response.data))
+        if record is None or record.status_code == 0:  # the first request is still at work (or just failed)
+            raise ApiError(status_code=409, code="idempotency_key_in_use",
+                           message="A request with this Idempotency-Key is still being processed; try again.")
         return Response(record.response, status=record.status_code,
                         headers={"Location": f"/api/v1/scenes/{record.response['id']}"})
 

@@ -150,11 +150,12 @@ async def claim(*, scene_id: str, stale_after: float, max_attempts: int) -> Clai
         return Claim(claimed=False, reason="missing")
     status, attempts = current["status"], int(current["attempts"] or 0)
     now = timezone.now()
+    # Compare-and-set on the heartbeat we read: of two redelivered tasks one wins, and a scene stored again
+    # (a new URL) between the read and the claim is not claimed with the old one.
+    where = {"updated_at": current["updated_at"]}
     if status == Status.QUEUED:
-        transition, where, reason = CLAIM, {}, "claimed"
+        transition, reason = CLAIM, "claimed"
     elif status == Status.PROCESSING and current["updated_at"] < now - dt.timedelta(seconds=stale_after):
-        # Compare-and-set on the heartbeat we read: of two redelivered tasks, one wins.
-        where = {"updated_at": current["updated_at"]}
         if attempts >= max_attempts:
             await _aapply(WORKER_LOST_FAIL, scene_id=scene_id, where=where, error_code=WORKER_LOST,
                           error_message=WORKER_LOST_MESSAGE.format(attempts=attempts))
@@ -171,36 +172,42 @@ async def claim(*, scene_id: str, stale_after: float, max_attempts: int) -> Clai
                  attempts=attempts + 1)
 
 
-async def heartbeat(*, scene_id: str, stage: str | None = None, progress: int | None = None) -> bool:
-    """Still alive (and, optionally, how far); False once the scene is no longer ours."""
+# The worker's writes after its claim carry the attempt it claimed (``attempts`` is the run's token): once
+# the scene was taken over or queued again and claimed by another run, the old run's writes match nothing.
+
+
+async def heartbeat(*, scene_id: str, attempt: int, stage: str | None = None, progress: int | None = None) -> bool:
+    """Still alive (and, optionally, how far); False once the scene is no longer this run's."""
     extra: dict[str, Any] = {}
     if stage is not None:
         extra["stage"] = stage
     if progress is not None:
         extra["progress"] = progress
-    return await _aapply(HEARTBEAT, scene_id=scene_id, **extra)
+    return await _aapply(HEARTBEAT, scene_id=scene_id, where={"attempts": attempt}, **extra)
 
 
-async def complete(*, scene_id: str, fields: dict[str, Any]) -> bool:
+async def complete(*, scene_id: str, attempt: int, fields: dict[str, Any]) -> bool:
     """processing → completed, with where the media went and what ffprobe said of it."""
-    return await _aapply(COMPLETE, scene_id=scene_id, **fields, progress=100, completed_at=timezone.now(),
-                         error_code="", error_message="")
+    return await _aapply(COMPLETE, scene_id=scene_id, where={"attempts": attempt}, **fields, progress=100,
+                         completed_at=timezone.now(), error_code="", error_message="")
 
 
-async def fail(*, scene_id: str, code: str, message: str) -> bool:
+async def fail(*, scene_id: str, attempt: int, code: str, message: str) -> bool:
     """processing → failed, with a stable code and the specific reason."""
-    return await _aapply(FAIL, scene_id=scene_id, error_code=code, error_message=message)
+    return await _aapply(FAIL, scene_id=scene_id, where={"attempts": attempt}, error_code=code,
+                         error_message=message)
 
 
-async def retry_later(*, scene_id: str, code: str, message: str) -> bool:
+async def retry_later(*, scene_id: str, attempt: int, code: str, message: str) -> bool:
     """processing → queued after a transient error, keeping the error visible until the next attempt."""
-    return await _aapply(RETRY_LATER, scene_id=scene_id, error_code=code, error_message=message)
+    return await _aapply(RETRY_LATER, scene_id=scene_id, where={"attempts": attempt}, error_code=code,
+                         error_message=message)
 
 
-async def release(*, scene_id: str) -> bool:
+async def release(*, scene_id: str, attempt: int) -> bool:
     """processing → queued when the worker shuts down mid-job; the attempt does not count against the
     scene, since the job did nothing wrong."""
-    return await _aapply(RELEASE, scene_id=scene_id, increment={"attempts": -1})
+    return await _aapply(RELEASE, scene_id=scene_id, where={"attempts": attempt}, increment={"attempts": -1})
 
 
 async def exists(*, scene_id: str) -> bool:
@@ -211,14 +218,15 @@ async def exists(*, scene_id: str) -> bool:
 
 
 def retry(*, scene_id: str, task_id: str) -> None:
-    """failed → queued (a person asked for another try), clearing the last attempt's error."""
-    _apply(RETRY, scene_id=scene_id, task_id=task_id, error_code="", error_message="")
+    """failed → queued (a person asked for another try), clearing the last attempt's error; the attempts
+    start again from zero."""
+    _apply(RETRY, scene_id=scene_id, task_id=task_id, error_code="", error_message="", attempts=0)
 
 
 def restart(*, scene_id: str, task_id: str, **changes: Any) -> None:
     """queued, completed or failed → queued (the scene is stored again); a scene being processed right now
     is not restarted under the worker's feet."""
-    _apply(RESTART, scene_id=scene_id, task_id=task_id, error_code="", error_message="", **changes)
+    _apply(RESTART, scene_id=scene_id, task_id=task_id, error_code="", error_message="", attempts=0, **changes)
 
 
 def requeue_stuck(*, scene_id: str, seen_updated_at: dt.datetime, task_id: str, max_attempts: int) -> str:

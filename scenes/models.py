@@ -110,3 +110,12 @@ class IdempotencyRecord(ObjectIdModel):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["owner", "key"], name="idempotency_owner_key")]
+
+
+class PendingDeletion(ObjectIdModel):
+    """The stored objects of a deleted scene, until its delete task says they are gone. Written in the
+    transaction that deletes the scene, so a delete task that was never sent (broker down) or was lost is
+    sent again by the sweeper."""
+
+    scene_id = models.CharField(max_length=24, unique=True)
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)

@@ -21,7 +21,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from scenes import lifecycle, selectors
-from scenes.models import IdempotencyRecord, Project, Scene
+from scenes.models import IdempotencyRecord, PendingDeletion, Project, Scene
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +109,27 @@ def project_delete(*, project: Project) -> None:
 @receiver(post_delete, sender=Scene, dispatch_uid="scenes.services.delete_objects_later")
 def _delete_objects_later(*, instance: Scene, **_: Any) -> None:
     # Every way a scene row disappears passes here (a delete, a project's or a user's cascade, the admin),
-    # so none can leave its stored objects behind.
+    # so none can leave its stored objects behind: the pending deletion is recorded with the delete, and
+    # the sweeper sends its task again until the task reports the objects gone.
+    scene_objects_delete(scene_id=instance.pk)
+
+
+def scene_objects_delete(*, scene_id: str) -> None:
+    """Delete every stored object of a deleted scene, through a retried task that the sweeper sends again
+    until it reports back (also for a job that stored media after its scene was deleted)."""
+    PendingDeletion.objects.update_or_create(scene_id=scene_id)
+    _send_deletion(scene_id=scene_id)
+
+
+def _send_deletion(*, scene_id: str) -> None:
     from downloads.tasks import delete_scene_objects_task
 
-    _enqueue_after_commit(task=delete_scene_objects_task, args=[instance.pk], task_id=str(uuid.uuid4()))
+    _enqueue_after_commit(task=delete_scene_objects_task, args=[scene_id], task_id=str(uuid.uuid4()))
+
+
+def scene_objects_deleted(*, scene_id: str) -> None:
+    """The delete task removed every stored object of a deleted scene: nothing is pending any more."""
+    PendingDeletion.objects.filter(scene_id=scene_id).delete()
 
 
 IDEMPOTENCY_WINDOW = dt.timedelta(hours=24)
@@ -133,22 +150,32 @@ def idempotent_replay(*, owner: User, key: str, request_hash: str) -> Idempotenc
 
 
 class IdempotencyKeyTaken(Exception):
-    """A concurrent request with the same key stored its answer first."""
+    """Another request with the same key got there first."""
 
 
-def idempotent_remember(
-    *, owner: User, key: str, request_hash: str, status_code: int, response: dict[str, Any]
-) -> IdempotencyRecord:
-    """Keep the first answer. Called inside the transaction that stored the scene: when a concurrent
-    request with the same key won, this raises ``IdempotencyKeyTaken`` and that transaction (its scene
-    and its enqueue) is rolled back, so one key makes one scene."""
+def idempotent_claim(*, owner: User, key: str, request_hash: str) -> IdempotencyRecord:
+    """Reserve the key before anything is stored (``status_code`` 0 until the answer is known), so that of
+    two concurrent requests with one key only one stores a scene; the unique index decides, which works
+    without transactions too (MongoDB). Raises ``IdempotencyKeyTaken`` for the other."""
     IdempotencyRecord.objects.filter(owner=owner, key=key, created_at__lt=timezone.now() - IDEMPOTENCY_WINDOW).delete()
     try:
         with transaction.atomic():
             return IdempotencyRecord.objects.create(owner=owner, key=key, request_hash=request_hash,
-                                                    status_code=status_code, response=response)
+                                                    status_code=0, response={})
     except IntegrityError as exc:
         raise IdempotencyKeyTaken(key) from exc
+
+
+def idempotent_remember(*, record: IdempotencyRecord, status_code: int, response: dict[str, Any]) -> IdempotencyRecord:
+    """Keep the first answer, to be replayed for the rest of the window."""
+    IdempotencyRecord.objects.filter(pk=record.pk).update(status_code=status_code, response=response)
+    record.refresh_from_db()
+    return record
+
+
+def idempotent_forget(*, record: IdempotencyRecord) -> None:
+    """The request failed before it had an answer: free the key for the client's next try."""
+    IdempotencyRecord.objects.filter(pk=record.pk, status_code=0).delete()
 
 
 def scene_requeue_any(*, scene: Scene) -> Scene:
@@ -177,26 +204,27 @@ class SweepResult:
     worker_lost: int = 0
     resent: int = 0
     moved: int = 0
+    deletions_resent: int = 0
 
 
-def _broker_holds_enough(waiting: int) -> bool:
-    """Whether the broker's queue holds at least as many tasks as there are scenes waiting: then they are
-    most likely a backlog behind busy workers, and their tasks are still there. A broker that lost its data
-    (or an enqueue that failed) leaves fewer, and then the waiting scenes are sent again."""
+def _tasks_in_broker() -> set[str] | None:
+    """The task ids the broker still holds, or None when that cannot be known (another broker, or the
+    broker does not answer): then every scene waiting too long is sent again, duplicates being harmless."""
     from mediastore import liveness
 
     try:
-        queued = liveness.broker_queue_length()
-    except Exception:  # the broker does not answer: sending fails anyway and is tried next round
-        return False
-    return queued is not None and queued >= waiting
+        return liveness.broker_task_ids()
+    except Exception:
+        return None
 
 
 def scenes_sweep() -> SweepResult:
     """What the periodic sweeper does, so that every accepted scene ends on its own: processing scenes
     whose heartbeat is older than ``MEDIA_STALE_AFTER`` (their worker died) are queued again or failed as
-    ``worker_lost``; scenes queued for longer than ``MEDIA_RESEND_AFTER`` (their enqueue was lost, or the
-    broker lost the message) are sent again. A scene that moved meanwhile is left alone."""
+    ``worker_lost``; deletions whose task has not reported back within ``MEDIA_RESEND_AFTER`` are sent
+    again; scenes queued for longer than ``MEDIA_RESEND_AFTER`` (their enqueue was lost, or the
+    broker lost the message) are sent again, unless the broker still holds their task (a backlog). A scene
+    that moved meanwhile is left alone."""
     from downloads.tasks import download_media_task
 
     requeued = worker_lost = resent = moved = 0
@@ -209,8 +237,11 @@ def scenes_sweep() -> SweepResult:
         except lifecycle.SceneStateConflict:
             moved += 1
     waiting = selectors.scenes_waiting(older_than=dt.timedelta(seconds=settings.MEDIA_RESEND_AFTER))
-    if waiting and _broker_holds_enough(len(waiting)):
-        waiting = []  # a backlog, not lost tasks: sending them again would only pile up duplicates
+    held = _tasks_in_broker() if waiting else None
+    if held:
+        # A backlog behind busy workers still has its tasks in the queue: sending them again would only
+        # pile up duplicates. Only a scene whose task the broker no longer holds was lost.
+        waiting = [scene for scene in waiting if scene.task_id not in held]
     for scene in waiting:
         task_id = str(uuid.uuid4())
         try:
@@ -220,8 +251,16 @@ def scenes_sweep() -> SweepResult:
             resent += 1
         except lifecycle.SceneStateConflict:
             moved += 1
-    result = SweepResult(requeued=requeued, worker_lost=worker_lost, resent=resent, moved=moved)
-    if requeued or worker_lost or resent:
+    cutoff = timezone.now() - dt.timedelta(seconds=settings.MEDIA_RESEND_AFTER)
+    deletions = 0
+    for pending in PendingDeletion.objects.filter(updated_at__lt=cutoff).order_by("updated_at")[:500]:
+        if PendingDeletion.objects.filter(pk=pending.pk, updated_at=pending.updated_at).update(
+                updated_at=timezone.now()) == 1:
+            _send_deletion(scene_id=pending.scene_id)
+            deletions += 1
+    result = SweepResult(requeued=requeued, worker_lost=worker_lost, resent=resent, moved=moved,
+                         deletions_resent=deletions)
+    if requeued or worker_lost or resent or deletions:
         logger.warning("sweep: %s", result)
     return result
 
@@ -237,6 +276,7 @@ def uploads_sweep() -> int:
     The scene's status decides, not only the upload's age: S3-compatible stores disagree on ``Initiated``
     (moto's is a fixed date), while a job uploads only while its scene is processing."""
     from downloads import bridge, storage
+    from downloads.exceptions import StorageError
 
     store = storage.get_storage()
     uploads = bridge.run(store.open_uploads("scenes/"))
@@ -250,8 +290,13 @@ def uploads_sweep() -> int:
     cutoff = timezone.now() - UPLOAD_ABORT_MARGIN
     stale = [upload for scene_id, found in by_scene.items() if scene_id not in processing
              for upload in found if upload.initiated < cutoff]
+    aborted = 0
     for upload in stale:
-        bridge.run(store.abort_upload(upload))
-    if stale:
-        logger.warning("sweep: aborted %d open upload(s) of scenes no longer processing", len(stale))
-    return len(stale)
+        try:
+            bridge.run(store.abort_upload(upload))
+            aborted += 1
+        except StorageError as error:  # e.g. completed or aborted since it was listed; the rest go on
+            logger.warning("sweep: could not abort the upload of %s: %s", upload.key, error.message)
+    if aborted:
+        logger.warning("sweep: aborted %d open upload(s) of scenes no longer processing", aborted)
+    return aborted

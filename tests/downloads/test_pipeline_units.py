@@ -222,7 +222,7 @@ async def test_mongodb_claim_updates_by_primary_key_and_status(mongo_scenes):
     database.__getitem__.assert_called_with(Scene._meta.db_table)
     assert collection.find_one.await_args.args[0] == {"_id": SCENE_ID}
     query, operation = collection.update_one.await_args.args
-    assert query == {"_id": SCENE_ID, "status": {"$in": ["queued"]}}
+    assert query == {"_id": SCENE_ID, "status": {"$in": ["queued"]}, "updated_at": None}
     assert operation["$inc"] == {"attempts": 1}
     assert operation["$set"]["status"] == "processing"
 
@@ -231,9 +231,9 @@ async def test_mongodb_update_that_matches_nothing_reports_failure(mongo_scenes)
     collection, _ = mongo_scenes
     collection.update_one.return_value = mock.Mock(matched_count=0)
 
-    assert await lifecycle.heartbeat(scene_id=SCENE_ID, progress=40) is False
+    assert await lifecycle.heartbeat(scene_id=SCENE_ID, attempt=2, progress=40) is False
     query, operation = collection.update_one.await_args.args
-    assert query == {"_id": SCENE_ID, "status": {"$in": ["processing"]}}
+    assert query == {"_id": SCENE_ID, "status": {"$in": ["processing"]}, "attempts": 2}
     assert operation["$set"]["progress"] == 40
 
 
@@ -244,7 +244,7 @@ async def test_mongodb_error_from_the_driver_propagates(mongo_scenes):
     collection.update_one.side_effect = ServerSelectionTimeoutError("no server")
 
     with pytest.raises(ServerSelectionTimeoutError):
-        await lifecycle.fail(scene_id=SCENE_ID, code="timeout", message="m")
+        await lifecycle.fail(scene_id=SCENE_ID, attempt=1, code="timeout", message="m")
 
 
 async def test_thumbnail_failure_leaves_no_thumbnail(tmp_path: Path, caplog):
@@ -348,8 +348,11 @@ async def test_info_line_refuses_live_and_too_long_media(tmp_path: Path, no_kill
 
 def test_job_folders_of_dead_workers_are_removed_at_start(tmp_path: Path):
     import os
+    import subprocess
 
-    dead = tmp_path / f"{pipeline.JOB_DIR_PREFIX}{4194303}-abc-x"  # above pid_max on most systems: not alive
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its pid belongs to no process now
+    dead = tmp_path / f"{pipeline.JOB_DIR_PREFIX}{gone.pid}-abc-x"
     mine_before_restart = tmp_path / f"{pipeline.JOB_DIR_PREFIX}{os.getpid()}-def-y"
     alive_parent = tmp_path / f"{pipeline.JOB_DIR_PREFIX}{os.getppid()}-ghi-z"
     for folder in (dead, mine_before_restart, alive_parent):
@@ -446,7 +449,7 @@ def test_shutdown_hands_the_scene_back_and_asks_for_the_task_again():
 
     assert later.value.countdown == pipeline.HAND_BACK_DELAY
     assert later.value.error.code == "worker_shutdown"
-    calls["release"].assert_awaited_once_with(scene_id=SCENE_ID)
+    calls["release"].assert_awaited_once_with(scene_id=SCENE_ID, attempt=1)
     calls["fail"].assert_not_awaited()
 
 
@@ -464,3 +467,39 @@ def test_hard_limit_fails_the_scene_and_lets_the_cancellation_through():
 
     assert calls["fail"].await_args.kwargs["code"] == "timeout"
     assert "hard time limit" in calls["fail"].await_args.kwargs["message"]
+
+
+async def test_a_failed_heartbeat_write_does_not_end_the_heartbeat(settings):
+    settings.MEDIA_STALE_AFTER = 0.03  # a heartbeat every 10 ms
+    answers = [RuntimeError("database is locked"), True, True]
+    beats = mock.AsyncMock(side_effect=answers + [True] * 100)
+
+    with mock.patch.object(lifecycle, "heartbeat", beats):
+        beating = asyncio.create_task(pipeline._keep_heartbeat(SCENE_ID, 1))
+        await asyncio.sleep(0.1)
+        beating.cancel()
+        await asyncio.wait([beating])
+
+    assert beats.await_count >= 3
+    assert beating.cancelled()
+
+
+async def test_a_run_that_lost_its_scene_stops_and_reports_it_moved(tmp_path: Path):
+    from downloads import bridge
+
+    claim = lifecycle.Claim(claimed=True, reason="claimed", source_url="https://e.com/v", attempts=1)
+
+    async def slow_download(url, *, job_dir, on_progress):
+        await on_progress(ytdlp.Progress(downloaded_bytes=1, total_bytes=10, percent=10.0, stage="downloading"))
+        await asyncio.sleep(60)
+
+    with (
+        mock.patch.object(lifecycle, "claim", mock.AsyncMock(return_value=claim)),
+        mock.patch.object(lifecycle, "heartbeat", mock.AsyncMock(return_value=False)),  # taken over
+        mock.patch.object(lifecycle, "exists", mock.AsyncMock(return_value=True)),
+        mock.patch.object(ytdlp, "download", slow_download),
+    ):
+        outcome = await asyncio.wait_for(bridge._supervised(pipeline.ingest(scene_id=SCENE_ID), soft_limit=None,
+                                                            executor=None, state=bridge._RunState()), 5)
+
+    assert outcome == "moved"

@@ -20,9 +20,12 @@ def fail(*, scene_id: str, error_code: str, error_message: str) -> None:
     """→ failed (claimed first when still queued), as a worker's failure does."""
     if Scene.objects.get(pk=scene_id).status == Scene.Status.QUEUED:
         start(scene_id=scene_id)
-    assert async_to_sync(lifecycle.fail)(scene_id=scene_id, code=error_code, message=error_message)
+    attempt = Scene.objects.get(pk=scene_id).attempts
+    assert async_to_sync(lifecycle.fail)(scene_id=scene_id, attempt=attempt, code=error_code, message=error_message)
 
 
 def complete(*, scene_id: str, storage_key: str, **metadata: Any) -> None:
     """processing → completed, as a worker's success does."""
-    assert async_to_sync(lifecycle.complete)(scene_id=scene_id, fields={"storage_key": storage_key, **metadata})
+    attempt = Scene.objects.get(pk=scene_id).attempts
+    assert async_to_sync(lifecycle.complete)(scene_id=scene_id, attempt=attempt,
+                                             fields={"storage_key": storage_key, **metadata})

@@ -54,7 +54,7 @@ def test_reports_go_through_the_broker(broker_url: str, settings):
     client = redis.Redis.from_url(broker_url)
     client.lpush("celery", json.dumps({"queued": "task"}))
     stored = json.loads(client.get(liveness.KEY_PREFIX + "celery@w2"))
-    stored["started"] = stored["at"] = time.time() - 10
+    stored["started"], stored["at"] = time.time() - 1000, time.time()
     stored["last_received"] = time.time() - 600
     client.set(liveness.KEY_PREFIX + "celery@w2", json.dumps(stored))
 
@@ -63,3 +63,12 @@ def test_reports_go_through_the_broker(broker_url: str, settings):
     reporter.forget()
     assert client.get(liveness.KEY_PREFIX + "celery@w2") is None
     client.close()
+
+
+def test_a_worker_whose_slots_were_all_busy_until_just_now_is_not_stalled(settings):
+    settings.MEDIA_WORKER_STALL_AFTER = 60
+    now = time.time()
+
+    verdict = liveness._judge(_state(last_received=now - 600, last_full=now - 5, active=3), queued=12, now=now)
+
+    assert verdict.healthy

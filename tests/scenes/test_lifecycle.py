@@ -97,17 +97,17 @@ def test_a_worker_death_on_the_last_attempt_fails_the_scene_as_worker_lost(scene
 
 
 def test_heartbeat_records_progress_only_while_processing(scene: Scene):
-    assert heartbeat(scene_id=scene.pk, progress=10) is False
+    assert heartbeat(scene_id=scene.pk, attempt=0, progress=10) is False
     claim(scene_id=scene.pk, stale_after=300, max_attempts=3)
 
-    assert heartbeat(scene_id=scene.pk, stage="uploading", progress=40) is True
+    assert heartbeat(scene_id=scene.pk, attempt=1, stage="uploading", progress=40) is True
     assert (_reload(scene).stage, _reload(scene).progress) == ("uploading", 40)
 
 
 def test_complete_stores_the_fields(scene: Scene, announced):
     claim(scene_id=scene.pk, stale_after=300, max_attempts=3)
 
-    assert complete(scene_id=scene.pk, fields={"storage_key": "scenes/x/media.mp4", "duration": 3.0})
+    assert complete(scene_id=scene.pk, attempt=1, fields={"storage_key": "scenes/x/media.mp4", "duration": 3.0})
 
     scene = _reload(scene)
     assert (scene.status, scene.progress, scene.storage_key, scene.duration) == (
@@ -116,7 +116,7 @@ def test_complete_stores_the_fields(scene: Scene, announced):
 
 
 def test_a_queued_scene_cannot_complete(scene: Scene, announced):
-    assert complete(scene_id=scene.pk, fields={"storage_key": "x"}) is False
+    assert complete(scene_id=scene.pk, attempt=1, fields={"storage_key": "x"}) is False
     assert _reload(scene).status == Scene.Status.QUEUED
     assert announced == []
 
@@ -124,7 +124,7 @@ def test_a_queued_scene_cannot_complete(scene: Scene, announced):
 def test_fail_records_code_and_message(scene: Scene):
     claim(scene_id=scene.pk, stale_after=300, max_attempts=3)
 
-    assert fail(scene_id=scene.pk, code="not_found", message="HTTP 404 from the source")
+    assert fail(scene_id=scene.pk, attempt=1, code="not_found", message="HTTP 404 from the source")
 
     scene = _reload(scene)
     assert (scene.status, scene.error_code, scene.error_message) == ("failed", "not_found", "HTTP 404 from the source")
@@ -133,7 +133,7 @@ def test_fail_records_code_and_message(scene: Scene):
 def test_retry_later_queues_again_and_keeps_the_error(scene: Scene):
     claim(scene_id=scene.pk, stale_after=300, max_attempts=3)
 
-    assert retry_later(scene_id=scene.pk, code="timeout", message="stalled")
+    assert retry_later(scene_id=scene.pk, attempt=1, code="timeout", message="stalled")
 
     scene = _reload(scene)
     assert (scene.status, scene.error_code, scene.progress) == ("queued", "timeout", None)
@@ -142,7 +142,7 @@ def test_retry_later_queues_again_and_keeps_the_error(scene: Scene):
 def test_release_hands_the_scene_back_without_counting_the_attempt(scene: Scene, announced):
     claim(scene_id=scene.pk, stale_after=300, max_attempts=3)
 
-    assert release(scene_id=scene.pk)
+    assert release(scene_id=scene.pk, attempt=1)
 
     assert (_reload(scene).status, _reload(scene).attempts) == ("queued", 0)
     assert announced[-1] == (scene.pk, "release", "queued")
@@ -150,12 +150,26 @@ def test_release_hands_the_scene_back_without_counting_the_attempt(scene: Scene,
 
 def test_retry_queues_a_failed_scene_and_clears_its_error(scene: Scene):
     claim(scene_id=scene.pk, stale_after=300, max_attempts=3)
-    fail(scene_id=scene.pk, code="timeout", message="stalled")
+    fail(scene_id=scene.pk, attempt=1, code="timeout", message="stalled")
 
     lifecycle.retry(scene_id=scene.pk, task_id="t-2")
 
     scene = _reload(scene)
     assert (scene.status, scene.error_code, scene.error_message, scene.task_id) == ("queued", "", "", "t-2")
+    assert scene.attempts == 0  # a person's retry gets every attempt again
+
+
+def test_a_run_that_was_taken_over_can_no_longer_write(scene: Scene):
+    old = claim(scene_id=scene.pk, stale_after=300, max_attempts=3)
+    _age(scene, 400)
+    new = claim(scene_id=scene.pk, stale_after=300, max_attempts=3)
+
+    assert heartbeat(scene_id=scene.pk, attempt=old.attempts) is False
+    assert complete(scene_id=scene.pk, attempt=old.attempts, fields={"storage_key": "old"}) is False
+    assert retry_later(scene_id=scene.pk, attempt=old.attempts, code="timeout", message="m") is False
+    assert release(scene_id=scene.pk, attempt=old.attempts) is False
+    assert complete(scene_id=scene.pk, attempt=new.attempts, fields={"storage_key": "new"}) is True
+    assert (_reload(scene).status, _reload(scene).storage_key) == ("completed", "new")
 
 
 def test_only_a_failed_scene_can_be_retried(scene: Scene):
@@ -165,7 +179,7 @@ def test_only_a_failed_scene_can_be_retried(scene: Scene):
 
 def test_restart_requeues_a_completed_scene(scene: Scene):
     claim(scene_id=scene.pk, stale_after=300, max_attempts=3)
-    complete(scene_id=scene.pk, fields={"storage_key": "k"})
+    complete(scene_id=scene.pk, attempt=1, fields={"storage_key": "k"})
 
     lifecycle.restart(scene_id=scene.pk, task_id="t-2", title="again")
 
@@ -204,7 +218,7 @@ def test_requeue_stuck_fails_a_scene_whose_attempts_are_used_up(scene: Scene):
 def test_requeue_stuck_leaves_a_scene_whose_heartbeat_moved(scene: Scene):
     claim(scene_id=scene.pk, stale_after=300, max_attempts=3)
     seen = _age(scene, 400)
-    heartbeat(scene_id=scene.pk)  # the worker was alive after all
+    heartbeat(scene_id=scene.pk, attempt=1)  # the worker was alive after all
 
     with pytest.raises(SceneStateConflict):
         lifecycle.requeue_stuck(scene_id=scene.pk, seen_updated_at=seen.updated_at, task_id="t", max_attempts=3)

@@ -92,13 +92,15 @@ def test_sweep_sends_again_a_scene_queued_too_long(scene: Scene, settings, broke
         result = services.scenes_sweep()
 
     assert (result.resent, send.call_count) == (1, 1)
-    with mock.patch("downloads.tasks.download_media_task.apply_async") as send_again:
+    with mock.patch("downloads.tasks.download_media_task.apply_async") as send_again, \
+            django_capture_on_commit_callbacks(execute=True):
         assert services.scenes_sweep().resent == 0  # its heartbeat is fresh now
     send_again.assert_not_called()
 
 
-def test_sweep_leaves_fresh_scenes_alone(scene: Scene):
-    with mock.patch("downloads.tasks.download_media_task.apply_async") as send:
+def test_sweep_leaves_fresh_scenes_alone(scene: Scene, django_capture_on_commit_callbacks):
+    with mock.patch("downloads.tasks.download_media_task.apply_async") as send, \
+            django_capture_on_commit_callbacks(execute=True):
         assert services.scenes_sweep() == services.SweepResult()
     send.assert_not_called()
 
@@ -133,14 +135,53 @@ def test_uploads_sweep_removes_half_written_local_files_of_scenes_not_processing
     assert not half_written["d" * 24].exists()
 
 
-def test_sweep_does_not_resend_a_backlog_the_broker_still_holds(scene: Scene, settings, broker_url: str):
-    import redis
+def test_sweep_does_not_resend_a_backlog_the_broker_still_holds(owner, settings, broker_url: str,
+                                                                 django_capture_on_commit_callbacks):
+    from downloads.tasks import download_media_task
 
-    _age(scene, settings.MEDIA_RESEND_AFTER + 10)
-    client = redis.Redis.from_url(broker_url)
-    client.lpush("celery", "a task still waiting for a free worker")
-    client.close()
+    waiting = services.scene_create(owner=owner, source_url="https://example.com/waiting.mp4")
+    lost = services.scene_create(owner=owner, source_url="https://example.com/lost.mp4")
+    download_media_task.apply_async(args=[waiting.pk], task_id="still-in-the-queue")
+    Scene.objects.filter(pk=waiting.pk).update(task_id="still-in-the-queue")
+    Scene.objects.filter(pk=lost.pk).update(task_id="never-sent")
+    _age(waiting, settings.MEDIA_RESEND_AFTER + 10)
+    _age(lost, settings.MEDIA_RESEND_AFTER + 10)
 
-    with mock.patch("downloads.tasks.download_media_task.apply_async") as send:
-        assert services.scenes_sweep().resent == 0
-    send.assert_not_called()
+    with mock.patch("downloads.tasks.download_media_task.apply_async") as send, \
+            django_capture_on_commit_callbacks(execute=True):
+        result = services.scenes_sweep()
+
+    assert result.resent == 1
+    assert [call.kwargs["args"] for call in send.call_args_list] == [[lost.pk]]
+
+
+def test_deleting_a_scene_records_its_objects_as_pending_until_the_task_reports(scene: Scene,
+                                                                                 django_capture_on_commit_callbacks):
+    from scenes.models import PendingDeletion
+
+    scene_id = scene.pk
+    with mock.patch("downloads.tasks.delete_scene_objects_task.apply_async") as send, \
+            django_capture_on_commit_callbacks(execute=True):
+        services.scene_delete(scene=scene)
+
+    assert list(PendingDeletion.objects.values_list("scene_id", flat=True)) == [scene_id]
+    assert send.call_args.kwargs["args"] == [scene_id]
+    services.scene_objects_deleted(scene_id=scene_id)
+    assert not PendingDeletion.objects.exists()
+
+
+def test_sweep_sends_again_a_deletion_whose_task_never_reported(scene: Scene, settings,
+                                                                 django_capture_on_commit_callbacks):
+    from scenes.models import PendingDeletion
+
+    scene_id = scene.pk
+    with mock.patch("downloads.tasks.delete_scene_objects_task.apply_async", side_effect=OSError("broker down")):
+        services.scene_delete(scene=scene)  # the task was never sent
+    PendingDeletion.objects.update(updated_at=timezone.now() - dt.timedelta(seconds=settings.MEDIA_RESEND_AFTER + 5))
+
+    with mock.patch("downloads.tasks.delete_scene_objects_task.apply_async") as send, \
+            django_capture_on_commit_callbacks(execute=True):
+        result = services.scenes_sweep()
+
+    assert result.deletions_resent == 1
+    assert send.call_args.kwargs["args"] == [scene_id]
