@@ -17,9 +17,10 @@ import os
 import signal
 from typing import Any
 
-from downloads import bridge, ytdlp
+from downloads import ytdlp
 from scenes import lifecycle
 from scenes.rows import scene_rows
+from tests.harness.tasks import past_the_soft_limit
 
 STUBBORN = "stubborn=1"
 PAUSE_COMPLETE = "pause_complete=1"
@@ -33,23 +34,15 @@ async def _download(url: str, *args: Any, **kwargs: Any) -> Any:
     if KILL_WORKER in url:
         os.kill(os.getpid(), signal.SIGKILL)
     if STUBBORN in url:
-        while True:
-            try:
-                await asyncio.sleep(60)
-            except asyncio.CancelledError:
-                if bridge.cancel_reason() != bridge.SOFT_LIMIT:
-                    raise
-                task = asyncio.current_task()
-                assert task is not None
-                task.uncancel()
+        return await past_the_soft_limit(lambda: asyncio.sleep(3600))
     return await _real_download(url, *args, **kwargs)
 
 
-async def _complete(*, scene_id: str, fields: dict[str, Any]) -> bool:
+async def _complete(*, scene_id: str, attempt: int, fields: dict[str, Any]) -> bool:
     row = await scene_rows().read(scene_id)
     if row is not None and PAUSE_COMPLETE in row["source_url"]:
         await asyncio.sleep(5)
-    return await _real_complete(scene_id=scene_id, fields=fields)
+    return await _real_complete(scene_id=scene_id, attempt=attempt, fields=fields)
 
 
 ytdlp.download = _download  # type: ignore[assignment]

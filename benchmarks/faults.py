@@ -239,6 +239,10 @@ def run_faults(stack: Stack, media: Any, proxy: Any, selected: list[str]) -> lis
 
     @phase("a job that kills its worker every time")
     def _(fault: Fault) -> None:
+        # Every kill also kills whatever else runs: let the earlier faults settle first, so that their
+        # scenes are not charged with this one's deaths.
+        _wait(lambda: not Scene.objects.filter(status__in=["queued", "processing"]).exists(), 240,
+              "the earlier faults to settle")
         _store(fault, [media.url("video.mp4?kill_worker=1")])
 
     @phase("deletes racing S3 500s")

@@ -6,7 +6,9 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from celery import shared_task
 
@@ -14,6 +16,8 @@ from downloads import bridge
 from downloads.asynctask import AsyncTask
 from downloads.exceptions import UnsupportedUrlError
 from mediastore.celery import app as celery_app
+
+T = TypeVar("T")
 
 
 @shared_task
@@ -108,22 +112,27 @@ async def async_soft_limited(journal: str) -> str:
     return "not reached"
 
 
-@celery_app.task(base=AsyncTask, soft_time_limit=1, time_limit=2)
-async def async_hard_limited(pid_file: str) -> None:
-    """Starts a process tree (a shell with a background child), records the shell's pid, then hangs,
-    shrugging off the soft limit as a stuck task would."""
-    process = await asyncio.create_subprocess_exec("sh", "-c", "sleep 100 & sleep 100", start_new_session=True)
-    _append(pid_file, str(process.pid))
+async def past_the_soft_limit(wait: Callable[[], Awaitable[T]]) -> T:
+    """Await ``wait()`` and shrug off the soft limit, as code stuck in a library might: only the hard limit
+    (or another cancellation) ends it."""
     while True:
         try:
-            await process.wait()
-            return
+            return await wait()
         except asyncio.CancelledError:
             if bridge.cancel_reason() != bridge.SOFT_LIMIT:
                 raise
             task = asyncio.current_task()
             assert task is not None
             task.uncancel()
+
+
+@celery_app.task(base=AsyncTask, soft_time_limit=1, time_limit=2)
+async def async_hard_limited(pid_file: str) -> None:
+    """Starts a process tree (a shell with a background child), records the shell's pid, then hangs,
+    shrugging off the soft limit as a stuck task would."""
+    process = await asyncio.create_subprocess_exec("sh", "-c", "sleep 100 & sleep 100", start_new_session=True)
+    _append(pid_file, str(process.pid))
+    await past_the_soft_limit(process.wait)
 
 
 @celery_app.task(base=AsyncTask)
@@ -165,15 +174,7 @@ def _install_stubborn_download() -> None:
     async def download(url: str, *args: object, **kwargs: object) -> object:
         if STUBBORN_MARK not in url:
             return await real(url, *args, **kwargs)  # type: ignore[arg-type]
-        while True:
-            try:
-                await asyncio.sleep(60)
-            except asyncio.CancelledError:
-                if bridge.cancel_reason() != bridge.SOFT_LIMIT:
-                    raise
-                task = asyncio.current_task()
-                assert task is not None
-                task.uncancel()
+        return await past_the_soft_limit(lambda: asyncio.sleep(3600))
 
     download.stubborn = True  # type: ignore[attr-defined]
     ytdlp.download = download  # type: ignore[assignment]
