@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 WORKER_SETTINGS = {
+    "MEDIA_WORKER_STALL_AFTER": "20",
     "CELERY_BROKER_VISIBILITY_TIMEOUT": "60",
-    "CELERY_TASK_TIME_LIMIT": "25",
-    "CELERY_TASK_SOFT_TIME_LIMIT": "20",
-    "MEDIA_DOWNLOAD_TIMEOUT": "15",
+    "CELERY_TASK_TIME_LIMIT": "40",
+    "CELERY_TASK_SOFT_TIME_LIMIT": "35",
+    "MEDIA_DOWNLOAD_TIMEOUT": "30",
     "MEDIA_SOCKET_TIMEOUT": "5",
     "MEDIA_MAX_FILESIZE": "50M",
     "MEDIA_STALE_AFTER": "6",
@@ -68,6 +69,7 @@ class Stack:
         self._supervise = threading.Event()
         self._lock = threading.Lock()
         self.restarts = 0
+        self.liveness_restarts = 0
         self.redis: Any = None
 
     # --- redis on a fixed port, so it can be stopped and started again ---------------------------------
@@ -103,14 +105,32 @@ class Stack:
         self._supervise.set()
 
         def loop() -> None:
+            last_check = time.monotonic()
             while self._supervise.is_set():
                 time.sleep(0.5)
                 with self._lock:
                     dead = self.worker is not None and not self.worker.process.alive()
                 if dead and self._supervise.is_set():
                     self.start_worker()
+                elif time.monotonic() - last_check > 10 and self._supervise.is_set():
+                    # What a liveness probe (a container healthcheck with restarts) would do.
+                    last_check = time.monotonic()
+                    if self._stalled():
+                        print("faults: the worker is stalled (worker_health); restarting it", flush=True)
+                        self.liveness_restarts += 1
+                        self.worker.stop()
+                        self.start_worker()
 
         threading.Thread(target=loop, daemon=True, name="supervisor").start()
+
+    def _stalled(self) -> bool:
+        from mediastore import liveness
+
+        try:
+            found = liveness.workers_health()
+        except Exception:  # the broker is down on purpose: nothing to judge
+            return False
+        return found is not None and any(not v.healthy and "stalled" in v.reason for v in found[1])
 
     def pause_supervisor(self) -> None:
         self._supervise.clear()
@@ -183,7 +203,7 @@ def run_faults(stack: Stack, media: Any, proxy: Any, selected: list[str]) -> lis
 
     @phase("kill -9 worker mid-download")
     def _(fault: Fault) -> None:
-        ids = _store(fault, [throttled(400_000) for _ in range(4)])
+        ids = _store(fault, [throttled(1_000_000) for _ in range(4)])
         _wait(lambda: _count(ids, status="processing", progress__gt=0) >= 2, 60, "downloads under way")
         stack.kill_worker()
 
@@ -204,7 +224,7 @@ def run_faults(stack: Stack, media: Any, proxy: Any, selected: list[str]) -> lis
 
     @phase("worker SIGTERM with jobs running")
     def _(fault: Fault) -> None:
-        ids = _store(fault, [throttled(300_000) for _ in range(4)])
+        ids = _store(fault, [throttled(1_000_000) for _ in range(4)])
         _wait(lambda: _count(ids, status="processing") >= 3, 60, "jobs running")
         stack.pause_supervisor()
         stack.stop_worker()  # warm shutdown: jobs handed back within the grace period
@@ -214,7 +234,7 @@ def run_faults(stack: Stack, media: Any, proxy: Any, selected: list[str]) -> lis
     for how, kill in (("SIGTERM", False), ("kill -9", True)):
         @phase(f"redis {how} with jobs in flight and queued")
         def _(fault: Fault, kill: bool = kill) -> None:
-            ids = _store(fault, [throttled(1_000_000) for _ in range(44)])
+            ids = _store(fault, [throttled(2_000_000) for _ in range(44)])
             _wait(lambda: _count(ids, status="processing") >= 20, 90, "20 jobs in flight")
             stack.stop_redis(kill=kill)
             time.sleep(3)
@@ -252,8 +272,8 @@ def run_faults(stack: Stack, media: Any, proxy: Any, selected: list[str]) -> lis
         proxy.fail(500, times=12, when=lambda method, path: method in ("DELETE", "POST") and "delete" in path)
         time.sleep(2)
         for scene in Scene.objects.filter(pk__in=ids[:4]):
+            fault.deleted.append(scene.pk)  # before the delete, which clears the instance's pk
             services.scene_delete(scene=scene)
-            fault.deleted.append(scene.pk)
 
     @phase("a full disk")
     def _(fault: Fault) -> None:
@@ -408,8 +428,8 @@ def main(selected: list[str]) -> int:
                 stack.pause_supervisor()
                 stack.stop_worker()
                 stack.stop_redis(kill=False)
-        print(f"worker restarts by the supervisor: {stack.restarts - 1}; whole run {time.monotonic() - started:.0f}s;"
-              f" logs in {workdir}")
+        print(f"worker starts after the first: {stack.restarts - 1}, of which {stack.liveness_restarts} because "
+              f"worker_health reported it stalled; whole run {time.monotonic() - started:.0f}s; logs in {workdir}")
     return code
 
 

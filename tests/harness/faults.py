@@ -88,6 +88,10 @@ class _ProxyServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that went away mid-answer (a worker killed on purpose) is not an error worth a traceback.
+        pass
+
     def take_rule(self, method: str, path: str) -> _Rule | None:
         with self._lock:
             for rule in self.rules:

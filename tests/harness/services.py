@@ -75,8 +75,8 @@ class CeleryWorker:
             # One worker per test: no peers to synchronise with, and quicker start and stop.
             "--without-mingle", "--without-gossip",
         ]
-        for module in includes:
-            argv += ["-I", module]
+        if includes:
+            argv += ["-I", ",".join(includes)]  # one comma list: of several -I options only the last counts
         self.process = ServiceProcess(argv, log_path=log_path, env=dict(env), cwd=REPO_ROOT)
 
     def wait_ready(self, timeout: float = 60) -> None:
