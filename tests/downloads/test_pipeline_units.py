@@ -4,6 +4,7 @@ and every call checked to carry the scene's primary key."""
 from __future__ import annotations
 
 import asyncio
+from contextlib import ExitStack
 from pathlib import Path
 from unittest import mock
 
@@ -411,21 +412,19 @@ def _slow_download_ingest(reason: str | None):
             asyncio.get_running_loop().call_later(0.1, state.cancel, reason)
         return await pipeline.ingest(scene_id=SCENE_ID)
 
-    patches = [mock.patch.object(lifecycle, "claim", mock.AsyncMock(return_value=claim)),
-               mock.patch.object(ytdlp, "download", never_ends),
-               *(mock.patch.object(lifecycle, name, call) for name, call in calls.items())]
-    return body, patches, calls
+    patched = ExitStack()
+    for patch in [mock.patch.object(lifecycle, "claim", mock.AsyncMock(return_value=claim)),
+                  mock.patch.object(ytdlp, "download", never_ends),
+                  *(mock.patch.object(lifecycle, name, call) for name, call in calls.items())]:
+        patched.enter_context(patch)
+    return body, patched, calls
 
 
 def test_soft_limit_fails_the_scene_as_timeout_and_ends_the_task_normally():
-    from contextlib import ExitStack
-
     from downloads import bridge
 
-    body, patches, calls = _slow_download_ingest(None)
-    with ExitStack() as stack:
-        for patch in patches:
-            stack.enter_context(patch)
+    body, patched, calls = _slow_download_ingest(None)
+    with patched:
         outcome = bridge.run(body(), soft_limit=0.1)
 
     assert outcome == "failed"
@@ -435,17 +434,12 @@ def test_soft_limit_fails_the_scene_as_timeout_and_ends_the_task_normally():
 
 
 def test_shutdown_hands_the_scene_back_and_asks_for_the_task_again():
-    from contextlib import ExitStack
-
     from downloads import bridge
     from downloads.exceptions import RetryLater
 
-    body, patches, calls = _slow_download_ingest(bridge.SHUTDOWN)
-    with ExitStack() as stack:
-        for patch in patches:
-            stack.enter_context(patch)
-        with pytest.raises(RetryLater) as later:
-            bridge.run(body())
+    body, patched, calls = _slow_download_ingest(bridge.SHUTDOWN)
+    with patched, pytest.raises(RetryLater) as later:
+        bridge.run(body())
 
     assert later.value.countdown == pipeline.HAND_BACK_DELAY
     assert later.value.error.code == "worker_shutdown"
@@ -454,16 +448,11 @@ def test_shutdown_hands_the_scene_back_and_asks_for_the_task_again():
 
 
 def test_hard_limit_fails_the_scene_and_lets_the_cancellation_through():
-    from contextlib import ExitStack
-
     from downloads import bridge
 
-    body, patches, calls = _slow_download_ingest(bridge.HARD_LIMIT)
-    with ExitStack() as stack:
-        for patch in patches:
-            stack.enter_context(patch)
-        with pytest.raises(bridge.RunCancelled):
-            bridge.run(body())
+    body, patched, calls = _slow_download_ingest(bridge.HARD_LIMIT)
+    with patched, pytest.raises(bridge.RunCancelled):
+        bridge.run(body())
 
     assert calls["fail"].await_args.kwargs["code"] == "timeout"
     assert "hard time limit" in calls["fail"].await_args.kwargs["message"]
