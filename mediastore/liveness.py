@@ -104,11 +104,13 @@ def broker_task_ids(queue: str = "celery") -> set[str] | None:
 def _judge(state: dict[str, Any], *, queued: int, now: float) -> WorkerHealth:
     stall_after = settings.MEDIA_WORKER_STALL_AFTER
     hostname = state["hostname"]
-    if now - state["at"] > REPORT_INTERVAL * 3:
+    if now - state["at"] > REPORT_INTERVAL * 2.5:
         return WorkerHealth(hostname, False, f"has not reported for {now - state['at']:.0f} s")
-    # A worker whose slots were all busy could take nothing: it counts as having taken work then.
+    # A worker whose slots were all busy could take nothing: it counts as having taken work then. Idle time
+    # is measured when the report was written, so the last report of a worker that died is not mistaken for
+    # a stall while it ages; it becomes "has not reported" instead.
     last = max(state["last_received"] or 0, state.get("last_full") or 0, state["started"])
-    idle = now - last
+    idle = state["at"] - last
     if queued and state["active"] < state["concurrency"] and idle > stall_after:
         free = state["concurrency"] - state["active"]
         return WorkerHealth(hostname, False, f"stalled: {queued} task(s) queued and {free} free slot(s), but "

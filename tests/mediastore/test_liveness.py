@@ -72,3 +72,13 @@ def test_a_worker_whose_slots_were_all_busy_until_just_now_is_not_stalled(settin
     verdict = liveness._judge(_state(last_received=now - 600, last_full=now - 5, active=3), queued=12, now=now)
 
     assert verdict.healthy
+
+
+def test_the_last_report_of_a_dead_worker_is_gone_not_stalled(settings):
+    settings.MEDIA_WORKER_STALL_AFTER = 20
+    now = time.time()
+    # It reported 15 s ago, 5 s after its last task; it has been dead since.
+    last_report = _state(at=now - 15, last_received=now - 20, started=now - 100)
+
+    assert liveness._judge(last_report, queued=12, now=now).healthy
+    assert "has not reported" in liveness._judge(last_report, queued=12, now=now + 20).reason
