@@ -13,10 +13,11 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
@@ -27,6 +28,8 @@ from downloads import bridge
 from downloads.exceptions import StorageError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PART_SIZE = 8 * 1024 * 1024  # S3's minimum is 5 MiB for every part but the last
 PARTS_IN_FLIGHT = 4
@@ -42,6 +45,16 @@ def thumbnail_key(scene_id: str) -> str:
 
 def scene_prefix(scene_id: str) -> str:
     return f"scenes/{scene_id}/"
+
+
+def by_scene(items: Iterable[T], key: Callable[[T], str]) -> dict[str, list[T]]:
+    """Stored things (keys, open uploads) grouped by the scene id in their ``scenes/<id>/…`` key."""
+    grouped: dict[str, list[T]] = {}
+    for item in items:
+        parts = key(item).split("/")
+        if len(parts) >= 3:
+            grouped.setdefault(parts[1], []).append(item)
+    return grouped
 
 
 @dataclass(frozen=True)

@@ -79,9 +79,12 @@ class WorkerHealth:
     reason: str
 
 
+def _queue_keys(queue: str) -> list[str]:
+    return [queue] + [f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in (3, 6, 9)]
+
+
 def queue_length(client: Any, queue: str = "celery") -> int:
-    keys = [queue] + [f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in (3, 6, 9)]
-    return sum(int(client.llen(key)) for key in keys)
+    return sum(int(client.llen(key)) for key in _queue_keys(queue))
 
 
 def broker_task_ids(queue: str = "celery") -> set[str] | None:
@@ -92,7 +95,7 @@ def broker_task_ids(queue: str = "celery") -> set[str] | None:
         return None
     try:
         payloads: list[Any] = []
-        for key in [queue] + [f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in (3, 6, 9)]:
+        for key in _queue_keys(queue):
             payloads += [json.loads(raw) for raw in client.lrange(key, 0, -1)]
         # kombu keeps unacknowledged messages in the "unacked" hash as [message, exchange, routing key].
         payloads += [json.loads(raw)[0] for raw in client.hvals("unacked")]

@@ -49,6 +49,10 @@ WORKER_LOST_MESSAGE = ("The worker processing this scene stopped {attempts} time
                        "(it was killed, ran out of memory or crashed), so it is not tried again.")
 
 
+def _worker_lost(attempts: int) -> dict[str, Any]:
+    return {"error_code": WORKER_LOST, "error_message": WORKER_LOST_MESSAGE.format(attempts=attempts)}
+
+
 class SceneStateConflict(Exception):
     """The scene was not in a status the change may start from (or no longer exists)."""
 
@@ -157,8 +161,7 @@ async def claim(*, scene_id: str, stale_after: float, max_attempts: int) -> Clai
         transition, reason = CLAIM, "claimed"
     elif status == Status.PROCESSING and current["updated_at"] < now - dt.timedelta(seconds=stale_after):
         if attempts >= max_attempts:
-            await _aapply(WORKER_LOST_FAIL, scene_id=scene_id, where=where, error_code=WORKER_LOST,
-                          error_message=WORKER_LOST_MESSAGE.format(attempts=attempts))
+            await _aapply(WORKER_LOST_FAIL, scene_id=scene_id, where=where, **_worker_lost(attempts))
             return Claim(claimed=False, reason=WORKER_LOST)
         transition, reason = TAKE_OVER, "taken_over"
     else:
@@ -234,10 +237,9 @@ def requeue_stuck(*, scene_id: str, seen_updated_at: dt.datetime, task_id: str, 
     attempts are used up; a queued scene whose enqueue was lost → queued again. Conditional on the heartbeat
     that was read, so a worker that came back to life in between wins. Returns the new status."""
     where = {"updated_at": seen_updated_at}
-    attempts = Scene.objects.filter(pk=scene_id).values_list("attempts", flat=True).first() or 0
-    if attempts >= max_attempts and Scene.objects.filter(pk=scene_id, status=Status.PROCESSING).exists():
-        _apply(WORKER_LOST_FAIL, scene_id=scene_id, where=where, error_code=WORKER_LOST,
-               error_message=WORKER_LOST_MESSAGE.format(attempts=attempts))
+    status, attempts = Scene.objects.filter(pk=scene_id).values_list("status", "attempts").first() or ("", 0)
+    if status == Status.PROCESSING and attempts >= max_attempts:
+        _apply(WORKER_LOST_FAIL, scene_id=scene_id, where=where, **_worker_lost(attempts))
         return Status.FAILED
     _apply(REQUEUE_STUCK, scene_id=scene_id, where=where, task_id=task_id)
     return Status.QUEUED

@@ -8,7 +8,7 @@ from django.contrib.auth.models import User
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from scenes.models import Project, Scene
+from scenes.models import PendingDeletion, Project, Scene
 
 
 def scene_list(
@@ -72,3 +72,9 @@ def scenes_waiting(*, older_than: dt.timedelta, limit: int = 500) -> list[Scene]
     cutoff = timezone.now() - older_than
     return list(Scene.objects.filter(status=Scene.Status.QUEUED, updated_at__lt=cutoff)
                 .order_by("updated_at")[:limit])
+
+
+def deletions_waiting(*, older_than: dt.timedelta, limit: int = 500) -> list[PendingDeletion]:
+    """Deletions whose task has not reported back for longer than ``older_than``: never sent, or lost."""
+    cutoff = timezone.now() - older_than
+    return list(PendingDeletion.objects.filter(updated_at__lt=cutoff).order_by("updated_at")[:limit])

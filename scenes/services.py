@@ -251,9 +251,8 @@ def scenes_sweep() -> SweepResult:
             resent += 1
         except lifecycle.SceneStateConflict:
             moved += 1
-    cutoff = timezone.now() - dt.timedelta(seconds=settings.MEDIA_RESEND_AFTER)
     deletions = 0
-    for pending in PendingDeletion.objects.filter(updated_at__lt=cutoff).order_by("updated_at")[:500]:
+    for pending in selectors.deletions_waiting(older_than=dt.timedelta(seconds=settings.MEDIA_RESEND_AFTER)):
         if PendingDeletion.objects.filter(pk=pending.pk, updated_at=pending.updated_at).update(
                 updated_at=timezone.now()) == 1:
             _send_deletion(scene_id=pending.scene_id)
@@ -280,11 +279,7 @@ def uploads_sweep() -> int:
 
     store = storage.get_storage()
     uploads = bridge.run(store.open_uploads("scenes/"))
-    by_scene: dict[str, list[storage.OpenUpload]] = {}
-    for upload in uploads:
-        parts = upload.key.split("/")
-        if len(parts) >= 3:
-            by_scene.setdefault(parts[1], []).append(upload)
+    by_scene = storage.by_scene(uploads, key=lambda upload: upload.key)
     processing = set(Scene.objects.filter(pk__in=list(by_scene), status=Scene.Status.PROCESSING)
                      .values_list("pk", flat=True))
     cutoff = timezone.now() - UPLOAD_ABORT_MARGIN

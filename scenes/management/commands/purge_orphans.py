@@ -25,11 +25,7 @@ class Command(BaseCommand):
             keys = bridge.run(store.keys("scenes/"))
         except StorageError as error:
             raise CommandError(f"purge_orphans: could not list the store: {error.message}") from error
-        by_scene: dict[str, list[str]] = {}
-        for key in keys:
-            parts = key.split("/")
-            if len(parts) >= 3:
-                by_scene.setdefault(parts[1], []).append(key)
+        by_scene = storage.by_scene(keys, key=str)
         existing = set(Scene.objects.filter(pk__in=list(by_scene)).values_list("pk", flat=True))
         orphans = {scene_id: found for scene_id, found in by_scene.items() if scene_id not in existing}
         count = sum(len(found) for found in orphans.values())
