@@ -21,10 +21,15 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         timeout: float = options["timeout"]
-        try:
-            stats = celery_app.control.inspect(timeout=min(timeout, 5.0)).stats() or {}
-        except BrokerError as exc:
-            raise CommandError(f"ping_worker: the broker is not reachable: {exc}") from exc
+        # A broadcast is not queued: a worker that has just said "ready" but not yet subscribed its
+        # remote-control channel misses it. Ask again until the timeout rather than answer "no worker".
+        deadline = time.monotonic() + timeout
+        stats: dict[str, Any] = {}
+        while not stats and time.monotonic() < deadline:
+            try:
+                stats = celery_app.control.inspect(timeout=min(timeout, 5.0)).stats() or {}
+            except BrokerError as exc:
+                raise CommandError(f"ping_worker: the broker is not reachable: {exc}") from exc
         if not stats:
             raise CommandError("ping_worker: no worker answered; is `celery -A mediastore worker` running?")
         for name, worker in sorted(stats.items()):
