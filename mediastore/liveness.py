@@ -3,8 +3,8 @@ container healthcheck read the reports.
 
 A worker writes ``mediastore:worker:<hostname>`` (JSON, expiring after ``REPORT_TTL``) every
 ``REPORT_INTERVAL`` seconds: when it last received a task, how many it runs and how many it may run. It is
-*stalled* when the queue is not empty, it has free slots, and it has received nothing for
-``MEDIA_WORKER_STALL_AFTER`` seconds; it is *gone* when its report expired (a frozen process reports
+*stalled* when the queue has not been empty for ``MEDIA_WORKER_STALL_AFTER`` seconds, it has free slots, and
+it has received nothing in that time; it is *gone* when its report expired (a frozen process reports
 nothing). Only the Redis broker is supported; with another broker the checks say so and pass.
 """
 
@@ -50,6 +50,9 @@ class Reporter:
         self.started = time.time()
         self.last_received: float | None = None
         self.last_full: float | None = None  # the last time every slot was busy: nothing could be taken
+        # Since when the worker has seen tasks waiting. A queue that filled a moment ago is no sign of a stall
+        # in a worker that was idle for an hour because there was nothing to do.
+        self.queued_since: float | None = None
         self._client = _redis()
 
     def received(self) -> None:
@@ -60,9 +63,14 @@ class Reporter:
             self.last_full = time.time()
         if self._client is None:
             return
-        state = {"hostname": self.hostname, "pid": os.getpid(), "at": time.time(), "started": self.started,
+        now = time.time()
+        if queue_length(self._client):
+            self.queued_since = self.queued_since or now
+        else:
+            self.queued_since = None
+        state = {"hostname": self.hostname, "pid": os.getpid(), "at": now, "started": self.started,
                  "last_received": self.last_received, "last_full": self.last_full, "active": active,
-                 "concurrency": self.concurrency}
+                 "concurrency": self.concurrency, "queued_since": self.queued_since}
         self._client.set(KEY_PREFIX + self.hostname, json.dumps(state), ex=REPORT_TTL)
 
     def forget(self) -> None:
@@ -114,7 +122,8 @@ def _judge(state: dict[str, Any], *, queued: int, now: float) -> WorkerHealth:
     # a stall while it ages; it becomes "has not reported" instead.
     last = max(state["last_received"] or 0, state.get("last_full") or 0, state["started"])
     idle = state["at"] - last
-    if queued and state["active"] < state["concurrency"] and idle > stall_after:
+    waited = state["at"] - (state.get("queued_since") or state["at"])
+    if queued and state["active"] < state["concurrency"] and min(idle, waited) > stall_after:
         free = state["concurrency"] - state["active"]
         return WorkerHealth(hostname, False, f"stalled: {queued} task(s) queued and {free} free slot(s), but "
                                              f"nothing received for {idle:.0f} s")

@@ -14,7 +14,7 @@ from mediastore import liveness
 def _state(**changes: object) -> dict[str, object]:
     now = time.time()
     return {"hostname": "celery@w1", "pid": 1, "at": now, "started": now - 1000, "last_received": now - 5,
-            "active": 1, "concurrency": 4, **changes}
+            "active": 1, "concurrency": 4, "queued_since": now - 1000, **changes}
 
 
 def test_a_worker_with_free_slots_that_takes_nothing_while_tasks_wait_is_stalled(settings):
@@ -50,12 +50,13 @@ def test_a_worker_that_stopped_reporting_is_gone():
 def test_reports_go_through_the_broker(broker_url: str, settings):
     settings.MEDIA_WORKER_STALL_AFTER = 60
     reporter = liveness.Reporter(hostname="celery@w2", concurrency=2)
-    reporter.report(active=0)
     client = redis.Redis.from_url(broker_url)
     client.lpush("celery", json.dumps({"queued": "task"}))
+    reporter.report(active=0)
     stored = json.loads(client.get(liveness.KEY_PREFIX + "celery@w2"))
+    assert stored["queued_since"] is not None  # the worker saw the task waiting
     stored["started"], stored["at"] = time.time() - 1000, time.time()
-    stored["last_received"] = time.time() - 600
+    stored["last_received"], stored["queued_since"] = time.time() - 600, time.time() - 600
     client.set(liveness.KEY_PREFIX + "celery@w2", json.dumps(stored))
 
     with pytest.raises(RuntimeError, match="celery@w2 stalled"):
@@ -63,6 +64,26 @@ def test_reports_go_through_the_broker(broker_url: str, settings):
     reporter.forget()
     assert client.get(liveness.KEY_PREFIX + "celery@w2") is None
     client.close()
+
+
+def test_a_worker_idle_for_long_whose_queue_just_filled_is_not_stalled(settings):
+    # What the fault suite saw: an hour with nothing to do, then the sweeper re-sent 50 tasks a moment
+    # before the check. The worker's last report was written before they arrived.
+    settings.MEDIA_WORKER_STALL_AFTER = 20
+    now = time.time()
+
+    verdict = liveness._judge(_state(last_received=now - 3600, at=now - 5, queued_since=None), queued=50, now=now)
+
+    assert verdict.healthy
+
+
+def test_a_worker_that_saw_the_queue_waiting_since_its_last_task_is_stalled(settings):
+    settings.MEDIA_WORKER_STALL_AFTER = 20
+    now = time.time()
+
+    verdict = liveness._judge(_state(last_received=now - 3600, queued_since=now - 30), queued=50, now=now)
+
+    assert not verdict.healthy
 
 
 def test_a_worker_whose_slots_were_all_busy_until_just_now_is_not_stalled(settings):
