@@ -19,6 +19,8 @@ too_large              no         over ``MEDIA_MAX_FILESIZE``
 too_long               no         over ``MEDIA_MAX_DURATION``
 live_stream            no         live streams are refused
 invalid_media          no         downloaded, but no audio or video stream in it
+url_not_allowed        no         the source led to a host or address this server does not fetch
+                                  from (a redirect, an embed, a manifest entry)
 network_error          yes        the connection to the source failed
 timeout                yes        the source stopped sending, or the download took too long
 storage_error          per case   the object store failed (5xx and timeouts retry, 4xx do not)
@@ -83,6 +85,11 @@ class LiveStreamError(MediastoreError):
 class InvalidMediaError(MediastoreError):
     code = "invalid_media"
     default_message = "The download finished but holds no audio or video stream."
+
+
+class UrlNotAllowedError(MediastoreError):
+    code = "url_not_allowed"
+    default_message = "The source led to an address this server does not fetch from."
 
 
 class NetworkError(MediastoreError):

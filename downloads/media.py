@@ -11,6 +11,7 @@ from typing import Any
 
 from django.conf import settings
 
+from downloads.egress import FFMPEG_INPUT_OPTIONS
 from downloads.exceptions import InternalError, InvalidMediaError
 from downloads.subprocesses import run_captured
 
@@ -72,14 +73,17 @@ async def probe(path: Path) -> MediaInfo:
     """ffprobe ``path``; ``InvalidMediaError`` when it holds neither audio nor video."""
     if not path.is_absolute():  # job paths come from mkdtemp; absolute, so never mistaken for an option
         raise InternalError(f"refusing to probe a relative path: {path}")
+    # file: and the demuxer allow-list: a "video" that is really a playlist must not make ffprobe open the
+    # files or URLs it lists, and random bytes must not pass as some raw audio codec.
     code, stdout, stderr = await run_captured(
-        [settings.FFPROBE_PATH, "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
-         str(path)],
+        [settings.FFPROBE_PATH, *FFMPEG_INPUT_OPTIONS, "-v", "error", "-print_format", "json", "-show_format",
+         "-show_streams", f"file:{path}"],
         limit=PROBE_TIMEOUT,
     )
     if code != 0:
         reason = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-        raise InvalidMediaError(f"ffprobe could not read the file: {reason[0][:300]}")
+        logger.warning("ffprobe could not read %s: %s", path.name, reason[0][:300])
+        raise InvalidMediaError("The downloaded file is not audio or video this server can read.")
     try:
         data = json.loads(stdout)
     except ValueError as exc:
@@ -95,7 +99,7 @@ async def thumbnail(path: Path, info: MediaInfo, *, into: Path) -> Path | None:
     at = min(info.duration * 0.1, max(info.duration - 0.1, 0)) if info.duration else 0
     target = into / "thumb.jpg"
     argv = [settings.FFMPEG_PATH, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-            "-ss", f"{at:.3f}", "-i", str(path), "-frames:v", "1",
+            "-threads", "1", "-ss", f"{at:.3f}", *FFMPEG_INPUT_OPTIONS, "-i", f"file:{path}", "-frames:v", "1",
             "-vf", f"scale='min({THUMBNAIL_WIDTH},iw)':-2", "-q:v", "4", str(target)]
     try:
         code, _, stderr = await run_captured(argv, limit=THUMBNAIL_TIMEOUT)

@@ -24,15 +24,18 @@ from typing import Any
 
 from django.conf import settings
 
-from downloads import bridge, media, storage, ytdlp
+from downloads import bridge, egress, media, storage, ytdlp
 from downloads.exceptions import (
     DiskFullError,
     DownloadTimeoutError,
     InternalError,
     MediastoreError,
+    NetworkError,
     RetryLater,
     StorageError,
     TempDirError,
+    UnsupportedUrlError,
+    UrlNotAllowedError,
     WorkerShutdownError,
 )
 from scenes import lifecycle
@@ -220,6 +223,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+async def _check_source(url: str) -> None:
+    """The address policy again, at every start: a retry, a requeue, a takeover or the sweeper re-runs a URL
+    accepted long ago, and its name may point somewhere else today (or the policy changed)."""
+    try:
+        await asyncio.to_thread(egress.check_url, url, policy=egress.settings_policy())
+    except egress.UrlNotAllowed as exc:
+        raise UrlNotAllowedError(exc.message) from exc
+    except egress.Unresolvable as exc:
+        raise NetworkError(exc.message) from exc
+    except egress.InvalidUrl as exc:
+        raise UnsupportedUrlError(exc.message) from exc
+
+
 async def _run(scene_id: str, claim: lifecycle.Claim, job_dir: Path) -> dict[str, Any]:
     """Download, probe, thumbnail and upload; returns the fields the completed scene gets."""
     reporter = _ProgressReporter(scene_id, claim.attempts)
@@ -231,6 +247,7 @@ async def _run(scene_id: str, claim: lifecycle.Claim, job_dir: Path) -> dict[str
         now = time.monotonic()
         steps[name], mark = now - mark, now
 
+    await _check_source(claim.source_url)
     result = await ytdlp.download(claim.source_url, job_dir=job_dir, on_progress=reporter)
     step("download")
     await reporter.stage(Stage.POSTPROCESSING)

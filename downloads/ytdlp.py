@@ -16,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
+import stat
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,10 +28,12 @@ from typing import Any
 
 from django.conf import settings
 
+from downloads import egress, ytdlp_guard
 from downloads.exceptions import (
     DiskFullError,
     DownloadTimeoutError,
     InternalError,
+    InvalidMediaError,
     LiveStreamError,
     MediastoreError,
     NetworkError,
@@ -37,6 +42,7 @@ from downloads.exceptions import (
     TooLongError,
     UnavailableError,
     UnsupportedUrlError,
+    UrlNotAllowedError,
 )
 from downloads.subprocesses import kill_group
 
@@ -50,6 +56,7 @@ OUTPUT_TEMPLATE = "media.%(ext)s"
 STDERR_TAIL_LINES = 20
 _WATCH_INTERVAL = 0.5
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_REPO_ROOT = str(Path(__file__).resolve().parents[1])
 
 
 @dataclass(frozen=True)
@@ -74,8 +81,9 @@ def build_argv(url: str, *, job_dir: Path, max_filesize: int) -> list[str]:
     """The whole command line; ``url`` is untrusted and only ever follows ``--``."""
     progress = (f"download:{PROGRESS_MARK} %(progress.status)s %(progress.downloaded_bytes)s "
                 "%(progress.total_bytes)s %(progress.total_bytes_estimate)s")
+    # yt-dlp runs inside ytdlp_guard, which applies the address policy to every connection it opens.
     return [
-        settings.YTDLP_PATH,
+        sys.executable, "-s", "-c", ytdlp_guard.bootstrap(_REPO_ROOT),
         "--ignore-config", "--no-plugin-dirs", "--no-cache-dir", "--no-playlist", "-I", "1",
         # --no-quiet undoes the quiet mode --print implies: the line that says a file was skipped for
         # --max-filesize (exit 0, no result) is only printed then.
@@ -89,6 +97,8 @@ def build_argv(url: str, *, job_dir: Path, max_filesize: int) -> list[str]:
         "--socket-timeout", f"{settings.MEDIA_SOCKET_TIMEOUT:g}",
         "--retries", "2", "--fragment-retries", "2", "--extractor-retries", "1",
         "--use-extractors", ",".join(settings.MEDIA_YTDLP_EXTRACTORS),
+        # Python's own downloaders only: ffmpeg as a downloader would open URLs outside the guard.
+        "--downloader", "native", "--hls-prefer-native",
         "-f", "bv*+ba/b", "--merge-output-format", "mp4",
         "--ffmpeg-location", settings.FFMPEG_PATH,
         "--", url,
@@ -123,6 +133,9 @@ def clean(text: str, limit: int = 500) -> str:
 
 _ERROR_PATTERNS: list[tuple[re.Pattern[str], type[MediastoreError]]] = [
     (re.compile(r"No space left on device|Errno 28\b", re.I), DiskFullError),
+    # yt-dlp's own refusal of file: URLs in a manifest or a page: a source pointing at the worker's files.
+    # (Its advice, an option that turns the refusal off, is not for users: the default message is used.)
+    (re.compile(r"file:// URLs are disabled|unsupported url scheme", re.I), UrlNotAllowedError),
     (re.compile(r"HTTP Error 404|404: Not Found|HTTP Error 410", re.I), NotFoundError),
     (re.compile(r"Unsupported URL", re.I), UnsupportedUrlError),
     (re.compile(r"larger than max-filesize|File is larger than", re.I), TooLargeError),
@@ -144,8 +157,25 @@ def classify_error(stderr_lines: list[str]) -> MediastoreError:
                    .removeprefix("ERROR:").strip())
     for pattern, error_type in _ERROR_PATTERNS:
         if pattern.search(reason):
-            return error_type(reason)
+            # yt-dlp's wording would advise a switch to turn the protection off.
+            return error_type(None if error_type is UrlNotAllowedError else reason)
     return InternalError(f"yt-dlp failed: {reason}" if reason else "yt-dlp failed without saying why")
+
+
+def _media_file(path: Path, *, job_dir: Path) -> Path:
+    """The result, when it is a regular file with a media extension inside the job folder; refused before any
+    tool reads it otherwise (a symlink or a playlist would make ffprobe read what it points to)."""
+    try:
+        inside = path.parent.resolve(strict=True) == job_dir.resolve(strict=True)
+        regular = stat.S_ISREG(path.lstat().st_mode)
+    except OSError as exc:
+        raise InternalError("yt-dlp reported a file that is not there.") from exc
+    extension = path.suffix.lstrip(".").lower()
+    if not inside or not regular or extension not in egress.MEDIA_EXTENSIONS:
+        logger.warning("refused a download result: %s (inside the job folder: %s, regular file: %s)",
+                       path.name, inside, regular)
+        raise InvalidMediaError(f"The source gave a file that is not audio or video (.{clean(extension, 20)}).")
+    return path
 
 
 class _Run:
@@ -157,6 +187,8 @@ class _Run:
         self.results: list[dict[str, Any]] = []
         self.info: dict[str, Any] = {}
         self.stderr: list[str] = []
+        self.refused: list[str] = []  # what ytdlp_guard refused, in its words
+        self.not_media: list[str] = []
         self.verdict: MediastoreError | None = None  # a limit we enforced, which decides the outcome
 
     async def read_stdout(self, stream: asyncio.StreamReader, kill: Callable[[MediastoreError], None]) -> None:
@@ -189,9 +221,19 @@ class _Run:
     async def read_stderr(self, stream: asyncio.StreamReader) -> None:
         async for raw in stream:
             line = clean(raw.decode("utf-8", "replace"), limit=2000)
-            if line:
+            if line.startswith(ytdlp_guard.REFUSED_MARK):
+                self.refused.append(line[len(ytdlp_guard.REFUSED_MARK):].strip())
+            elif line.startswith(ytdlp_guard.NOT_MEDIA_MARK):
+                self.not_media.append(line[len(ytdlp_guard.NOT_MEDIA_MARK):].strip())
+            elif line:
                 self.stderr.append(line)
                 del self.stderr[:-STDERR_TAIL_LINES]
+
+
+def guard_env() -> dict[str, str]:
+    """The environment yt-dlp runs in: ours, plus the policy and the media tools for ytdlp_guard."""
+    return {**os.environ, ytdlp_guard.POLICY_ENV: egress.settings_policy().to_json(),
+            ytdlp_guard.TOOLS_ENV: os.pathsep.join([settings.FFMPEG_PATH, settings.FFPROBE_PATH])}
 
 
 def _folder_size(folder: Path) -> int:
@@ -207,7 +249,7 @@ async def download(url: str, *, job_dir: Path, on_progress: ProgressCallback | N
     try:
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True, env=guard_env(),
         )
     except OSError as exc:
         raise InternalError(f"could not start yt-dlp: {exc.strerror}") from exc
@@ -242,12 +284,19 @@ async def download(url: str, *, job_dir: Path, on_progress: ProgressCallback | N
             kill(DownloadTimeoutError())
             await asyncio.shield(process.wait())
     logger.info("yt-dlp exited %s after %.1fs for %s", returncode, time.monotonic() - started, clean(url, 200))
-    return _verdict(run, returncode, url)
+    return _verdict(run, returncode, url, job_dir=job_dir)
 
 
-def _verdict(run: _Run, returncode: int, url: str) -> DownloadResult:
+def _verdict(run: _Run, returncode: int, url: str, *, job_dir: Path) -> DownloadResult:
     if run.verdict is not None:
         raise run.verdict
+    if returncode != 0 and run.not_media:
+        logger.warning("yt-dlp's ffmpeg refused a file that is not media for %s: %s", clean(url, 200),
+                       run.not_media[0])
+        raise InvalidMediaError("The source gave a file that is not audio or video.")
+    if returncode != 0 and run.refused:
+        logger.warning("yt-dlp refused by the address policy for %s: %s", clean(url, 200), run.refused[0])
+        raise UrlNotAllowedError(f"The source led to {run.refused[0]}; this server does not fetch from there.")
     if returncode != 0:
         error = classify_error(run.stderr)
         logger.warning("yt-dlp failed (%s) for %s; stderr tail: %s", error.code, clean(url, 200),
@@ -258,7 +307,5 @@ def _verdict(run: _Run, returncode: int, url: str) -> DownloadResult:
             raise TooLargeError()
         raise InternalError(f"yt-dlp finished but reported {len(run.results)} files instead of one.")
     result = run.results[0]
-    path = Path(str(result.get("filepath", "")))
-    if not path.is_file():
-        raise InternalError("yt-dlp reported a file that is not there.")
+    path = _media_file(Path(str(result.get("filepath", ""))), job_dir=job_dir)
     return DownloadResult(path=path, title=clean(str(result.get("title") or ""), 500), info=run.info)

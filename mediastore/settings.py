@@ -9,7 +9,6 @@ import ipaddress
 import os
 import secrets
 import shutil
-import sys
 from pathlib import Path
 
 import django_stubs_ext
@@ -231,7 +230,7 @@ MEDIA_WORKER_STALL_AFTER = env_duration("MEDIA_WORKER_STALL_AFTER", 120)
 # Full paths: yt-dlp's --ffmpeg-location takes a path, and with a bare name it silently skipped merging.
 FFMPEG_PATH = env_str("FFMPEG_PATH", shutil.which("ffmpeg") or "ffmpeg")
 FFPROBE_PATH = env_str("FFPROBE_PATH", shutil.which("ffprobe") or "ffprobe")
-YTDLP_PATH = env_str("YTDLP_PATH", str(Path(sys.executable).with_name("yt-dlp")))
+
 if MEDIA_DOWNLOAD_TIMEOUT >= CELERY_TASK_SOFT_TIME_LIMIT:
     raise ImproperlyConfigured(
         f"MEDIA_DOWNLOAD_TIMEOUT ({MEDIA_DOWNLOAD_TIMEOUT:g}s) must be below CELERY_TASK_SOFT_TIME_LIMIT "

@@ -210,7 +210,7 @@ class MediaStoreView(APIView):
                                                                                  **_errors()}),
     retrieve=extend_schema(responses={200: SceneSerializer, **_errors()}),
     destroy=extend_schema(responses={204: None, **_errors()}),
-    retry=extend_schema(request=None, responses={202: SceneSerializer, **_errors(409)}),
+    retry=extend_schema(request=None, responses={202: SceneSerializer, **_errors(409, 422)}),
 )
 class SceneViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, mixins.DestroyModelMixin,
                    viewsets.GenericViewSet[Scene]):
@@ -237,6 +237,8 @@ class SceneViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, mixins.Dest
         scene = self.get_object()
         try:
             scene = services.scene_retry(scene=scene)
+        except UrlRejected as rejected:
+            raise ApiError(status_code=rejected.status, code=rejected.code, message=rejected.message) from rejected
         except SceneStateConflict as conflict:
             raise ApiError(status_code=409, code="conflict",
                            message=f"Only failed scenes can be retried; this one is {scene.status}.") from conflict

@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from scenes import lifecycle, selectors
 from scenes.models import IdempotencyRecord, PendingDeletion, Project, Scene
+from scenes.validators import validate_media_url
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +84,11 @@ def scene_store(
 
 
 def scene_retry(*, scene: Scene) -> Scene:
-    """failed → queued and enqueue; any other status conflicts (so a double retry queues one task)."""
+    """failed → queued and enqueue; any other status conflicts (so a double retry queues one task). The URL
+    meets the address policy again first (``UrlRejected``): what it points to may have changed since."""
     from downloads.tasks import download_media_task
 
+    validate_media_url(scene.source_url)
     task_id = str(uuid.uuid4())
     with transaction.atomic():
         lifecycle.retry(scene_id=scene.pk, task_id=task_id)

@@ -32,6 +32,7 @@ from scenes.forms import StoreForm
 from scenes.lifecycle import SceneStateConflict
 from scenes.links import media_url, thumbnail_url
 from scenes.models import Scene
+from scenes.validators import UrlRejected
 
 _PageView = Callable[..., HttpResponse]
 
@@ -202,6 +203,8 @@ def scene_retry(request: HtmxHttpRequest, scene: Scene) -> HttpResponse:
     notice, status = "", 202
     try:
         scene = services.scene_retry(scene=scene)
+    except UrlRejected as rejected:
+        notice, status = rejected.message, rejected.status
     except SceneStateConflict:
         scene.refresh_from_db()
         notice, status = f"Only failed scenes can be retried; this one is {scene.get_status_display().lower()}.", 409

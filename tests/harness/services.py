@@ -16,6 +16,7 @@ import redis
 from tests.harness.processes import ServiceProcess, free_port, port_open, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+ALLOWED_INTERNET = "127.0.0.1/32"
 
 
 @contextmanager
@@ -106,6 +107,9 @@ def worker_environment(*, broker_url: str, database_url: str, data_dir: Path,
         "DATABASE_URL": database_url,
         "DATA_DIR": str(data_dir),
         "PYTHONUNBUFFERED": "1",
+        # The test "internet": media servers listen on 127.0.0.1; every other loopback address is internal
+        # to the worker (canaries that must never be reached).
+        "MEDIA_ALLOWED_NETWORKS": ALLOWED_INTERNET,
     })
     env.pop("DATABASE_NAME", None)
     if extra:
