@@ -180,8 +180,9 @@ async def _make_job_dir(scene_id: str) -> Path:
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise DiskFullError() from exc
-        raise TempDirError(f"The worker cannot create its temporary folder in {tempfile.gettempdir()}: "
-                           f"{exc.strerror}.") from exc
+        # The folder's path is for the operator's log, not for the scene's owner.
+        logger.error("ingest %s: cannot create a job folder in %s: %s", scene_id, tempfile.gettempdir(), exc.strerror)
+        raise TempDirError() from exc
 
 
 async def _in_job_dir(scene_id: str, claim: lifecycle.Claim) -> dict[str, Any]:

@@ -55,7 +55,9 @@ POSTPROCESS_MARK = "[mediastore-postprocess]"
 OUTPUT_TEMPLATE = "media.%(ext)s"
 STDERR_TAIL_LINES = 20
 _WATCH_INTERVAL = 0.5
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# Control characters, and the invisible ones that reorder or hide text (bidi overrides and isolates,
+# zero-width characters, line/paragraph separators, the byte-order mark): a title cannot spoof its neighbours.
+_CONTROL_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 _REPO_ROOT = str(Path(__file__).resolve().parents[1])
 
 

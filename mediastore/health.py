@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from django.conf import settings
@@ -11,6 +12,8 @@ from django.views.defaults import page_not_found
 from django.views.defaults import server_error as django_server_error
 
 from mediastore.liveness import check_workers
+
+logger = logging.getLogger(__name__)
 
 
 @require_safe
@@ -26,12 +29,16 @@ def readyz(request: HttpRequest) -> JsonResponse:
     checks = {"database": check_database, "broker": check_broker, "storage": check_object_store,
               "workers": check_workers}
     results: dict[str, str] = {}
+    # Details (endpoints, bucket names, hosts) are for staff and the log; anyone else sees ok/failed.
+    detailed = bool(getattr(request, "user", None) and request.user.is_staff)
     for name, check in checks.items():
         try:
             check()
             results[name] = "ok"
         except Exception as exc:  # any failure is the answer, reported by name
-            results[name] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+            detail = f"{type(exc).__name__}: {str(exc)[:200]}"
+            logger.warning("readyz: %s failed: %s", name, detail)
+            results[name] = f"failed: {detail}" if detailed else "failed"
     ready = all(value == "ok" for name, value in results.items() if name != "workers")
     return JsonResponse({"status": "ready" if ready else "not ready", "checks": results}, status=200 if ready else 503)
 

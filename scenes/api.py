@@ -126,10 +126,11 @@ class ProjectSerializer(serializers.ModelSerializer[Project]):
 
 
 def _owned(queryset: QuerySet[Any], user: User, pk: str | None) -> Any:
-    """The caller's own object (staff: anyone's); someone else's id is a 404, never a 403."""
+    """The caller's own object (staff with the change permission: anyone's); someone else's id is a 404,
+    never a 403."""
     if pk is None:
         return None
-    if not user.is_staff:
+    if selectors.reach(user=user, permission=f"scenes.change_{queryset.model._meta.model_name}") is not None:
         queryset = queryset.filter(owner=user)
     try:
         return queryset.get(pk=pk)
@@ -204,6 +205,12 @@ class MediaStoreView(APIView):
         return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": f"/api/v1/scenes/{scene.pk}"})
 
 
+# Which permission lets staff act on other users' scenes and projects, per API action (as in the admin).
+_SCENE_PERMISSIONS = {"list": "scenes.view_scene", "retrieve": "scenes.view_scene",
+                      "destroy": "scenes.delete_scene", "retry": "scenes.requeue_scene"}
+_PROJECT_ACTIONS = {"partial_update": "change", "update": "change", "destroy": "delete"}
+
+
 @extend_schema_view(
     list=extend_schema(parameters=[OpenApiParameter("status", str, enum=list(Scene.Status.values)),
                                    OpenApiParameter("project", str)], responses={200: SceneSerializer(many=True),
@@ -226,13 +233,14 @@ class SceneViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, mixins.Dest
         if status_filter is not None and status_filter not in Scene.Status.values:
             raise ApiError(status_code=400, code="invalid", message="Unknown status.",
                            fields={"status": [f"Choose one of {', '.join(Scene.Status.values)}."]})
-        return selectors.scene_list(owner=None if user.is_staff else user, status=status_filter,
+        permission = _SCENE_PERMISSIONS.get(self.action or "", "scenes.view_scene")
+        return selectors.scene_list(owner=selectors.reach(user=user, permission=permission), status=status_filter,
                                     project_id=self.request.query_params.get("project") or None)
 
     def perform_destroy(self, instance: Scene) -> None:
         services.scene_delete(scene=instance)
 
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], throttle_classes=[StoreThrottle])
     def retry(self, request: Request, pk: str | None = None) -> Response:
         scene = self.get_object()
         try:
@@ -262,7 +270,8 @@ class ProjectViewSet(viewsets.ModelViewSet[Project]):
             return Project.objects.none()
         user = self.request.user
         assert isinstance(user, User)
-        return selectors.project_list(owner=None if user.is_staff else user)
+        permission = f"scenes.{_PROJECT_ACTIONS.get(self.action, 'view')}_project"
+        return selectors.project_list(owner=selectors.reach(user=user, permission=permission))
 
     def perform_create(self, serializer: serializers.BaseSerializer[Project]) -> None:
         user = self.request.user

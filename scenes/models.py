@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 from bson import ObjectId
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -9,8 +11,9 @@ from django.db import models
 
 
 def new_object_id() -> str:
-    """A 24-hex ObjectId string, made by the app so both backends hold the same kind of key."""
-    return str(ObjectId())
+    """A 24-hex ObjectId string, made by the app so both backends hold the same kind of key. Random, not
+    ``ObjectId()``: its time, process and counter parts let anyone who sees one id guess the next."""
+    return str(ObjectId(secrets.token_bytes(12)))
 
 
 class ObjectIdModel(models.Model):

@@ -11,6 +11,12 @@ from django.utils import timezone
 from scenes.models import PendingDeletion, Project, Scene
 
 
+def reach(*, user: User, permission: str) -> User | None:
+    """Whose data ``user`` may reach for ``permission`` (``"scenes.delete_scene"``): everyone's (None) for staff
+    who hold that permission, as in the admin; otherwise only their own. Being staff alone opens nothing."""
+    return None if user.is_staff and user.has_perm(permission) else user
+
+
 def scene_list(
     *, owner: User | None = None, status: str | None = None, project_id: str | None = None
 ) -> QuerySet[Scene]:

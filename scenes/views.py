@@ -53,7 +53,8 @@ class SceneFileView(APIView):
             raise exceptions.NotFound()
         user = request.user
         assert isinstance(user, User)
-        scenes = Scene.objects.all() if user.is_staff else Scene.objects.filter(owner=user)
+        owner = selectors.reach(user=user, permission="scenes.view_scene")
+        scenes = Scene.objects.all() if owner is None else Scene.objects.filter(owner=owner)
         scene = scenes.filter(pk=scene_id).first()
         if scene is None:
             raise exceptions.NotFound()
@@ -168,15 +169,22 @@ def _form_error(request: HtmxHttpRequest, form: StoreForm, *, status: int, messa
     return response
 
 
+def _throttled(request: HtmxHttpRequest) -> int | None:
+    """Seconds to wait when the caller is over the store limit. The API's throttle and counter: a person
+    cannot get around the limit by switching to the page, nor by retrying instead of storing."""
+    throttle = StoreThrottle()
+    if throttle.allow_request(cast(Any, request), cast(Any, None)):
+        return None
+    return max(1, math.ceil(throttle.wait() or 1))
+
+
 @signed_in
 @require_POST
 def scene_submit(request: HtmxHttpRequest) -> HttpResponse:
     user = _user(request)
     form = StoreForm(request.POST, owner=user)
-    # The API's throttle and counter: a person cannot get around the limit by switching to the page.
-    throttle = StoreThrottle()
-    if not throttle.allow_request(cast(Any, request), cast(Any, None)):
-        wait = max(1, math.ceil(throttle.wait() or 1))
+    wait = _throttled(request)
+    if wait is not None:
         message = f"You have sent many URLs in a short time. Try again in {wait} s."
         return _form_error(request, form, status=429, message=message, headers={"Retry-After": str(wait)})
     if not form.is_valid():
@@ -200,19 +208,28 @@ def scene_row(request: HtmxHttpRequest, scene: Scene) -> HttpResponse:
 @require_POST
 @own_scene
 def scene_retry(request: HtmxHttpRequest, scene: Scene) -> HttpResponse:
-    notice, status = "", 202
-    try:
-        scene = services.scene_retry(scene=scene)
-    except UrlRejected as rejected:
-        notice, status = rejected.message, rejected.status
-    except SceneStateConflict:
-        scene.refresh_from_db()
-        notice, status = f"Only failed scenes can be retried; this one is {scene.get_status_display().lower()}.", 409
+    wait = _throttled(request)
+    if wait is not None:
+        notice, status = f"You have started many downloads in a short time. Try again in {wait} s.", 429
+    else:
+        notice, status = _retry(scene)
     if not request.htmx:
         if notice:
             messages.warning(request, notice)
         return redirect("scene-page")
+    scene.refresh_from_db()
     return render(request, "scenes/_row.html", {"row": _row(scene, request, notice=notice)}, status=status)
+
+
+def _retry(scene: Scene) -> tuple[str, int]:
+    try:
+        services.scene_retry(scene=scene)
+    except UrlRejected as rejected:
+        return rejected.message, rejected.status
+    except SceneStateConflict:
+        scene.refresh_from_db()
+        return f"Only failed scenes can be retried; this one is {scene.get_status_display().lower()}.", 409
+    return "", 202
 
 
 @signed_in

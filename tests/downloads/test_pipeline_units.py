@@ -4,6 +4,7 @@ and every call checked to carry the scene's primary key."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from contextlib import ExitStack
 from pathlib import Path
 from unittest import mock
@@ -498,3 +499,20 @@ async def test_a_run_that_lost_its_scene_stops_and_reports_it_moved(tmp_path: Pa
                                                             executor=None, state=bridge._RunState()), 5)
 
     assert outcome == "moved"
+
+
+def test_titles_lose_bidi_overrides_and_zero_width_characters():
+    spoofed = "invoice\u202egnp.exe\u200b\u2066x\u2069\ufeff\u0085"
+
+    assert ytdlp.clean(spoofed) == "invoice gnp.exe  x"
+
+
+def test_scene_ids_are_random_not_a_counter():
+    from scenes.models import new_object_id
+
+    ids = [new_object_id() for _ in range(50)]
+
+    assert all(len(i) == 24 and int(i, 16) >= 0 for i in ids)
+    # ObjectId() would share its first 8 hex (the second) and count up in the last 6.
+    assert len({i[:8] for i in ids}) > 45
+    assert len({int(b[-6:], 16) - int(a[-6:], 16) for a, b in itertools.pairwise(ids)}) > 45

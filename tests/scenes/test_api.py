@@ -124,12 +124,82 @@ def test_other_users_scenes_and_projects_are_404(alice, bob):
     assert Project.objects.get(pk=project.pk).name == "Alice's"
 
 
-def test_staff_see_every_scene(alice, admin_user):
+def test_retry_shares_the_store_throttle(alice, settings, broker_url: str, monkeypatch):
+    from downloads import egress
+
+    monkeypatch.setattr(egress, "_resolve", lambda host, port: ["1.1.1.1"])
+    settings.MEDIA_STORE_RATE = "2/min"
+    api = _client(alice)
+    scene = services.scene_create(owner=alice, source_url=PUBLIC_URL)
+    answers = [api.post("/api/v1/media/store", {"url": PUBLIC_URL}, format="json").status_code]
+    for _ in range(2):
+        scene_states.fail(scene_id=scene.pk, error_code="timeout", error_message="stalled")
+        answers.append(api.post(f"/api/v1/scenes/{scene.pk}/retry").status_code)
+
+    assert answers == [202, 202, 429]
+
+
+def test_json_nested_deeper_than_python_can_parse_is_a_400(alice):
+    body = "[" * 100_000 + "]" * 100_000
+
+    response = _client(alice).post("/api/v1/media/store", body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert "nested too deeply" in response.json()["error"]["message"]
+
+
+def test_superusers_see_every_scene(alice, admin_user):
     scene = services.scene_create(owner=alice, source_url=PUBLIC_URL)
 
     response = _client(admin_user).get(f"/api/v1/scenes/{scene.pk}")
 
     assert response.status_code == 200
+
+
+def _staff(name: str, *permissions: str):
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user(name, is_staff=True)
+    user.user_permissions.set([Permission.objects.get(codename=p) for p in permissions])
+    return get_user_model().objects.get(pk=user.pk)  # a fresh object: permissions are cached per instance
+
+
+def _others_data_requests(scene_id: str, project_id: str) -> dict[str, tuple[str, str, dict | None]]:
+    return {
+        "view scene": ("get", f"/api/v1/scenes/{scene_id}", None),
+        "retry scene": ("post", f"/api/v1/scenes/{scene_id}/retry", None),
+        "delete scene": ("delete", f"/api/v1/scenes/{scene_id}", None),
+        "view project": ("get", f"/api/v1/projects/{project_id}", None),
+        "rename project": ("patch", f"/api/v1/projects/{project_id}", {"name": "Renamed"}),
+        "delete project": ("delete", f"/api/v1/projects/{project_id}", None),
+    }
+
+
+@pytest.mark.parametrize(("permissions", "allowed"), [
+    ((), set()),
+    (("view_scene", "view_project"), {"view scene", "view project"}),
+    (("requeue_scene",), {"retry scene"}),
+    (("change_project",), {"rename project"}),
+    (("delete_scene", "delete_project"), {"delete scene", "delete project"}),
+], ids=["staff alone", "view", "requeue", "change", "delete"])
+def test_staff_reach_other_users_data_only_with_the_matching_permission(alice, permissions, allowed, monkeypatch):
+    from downloads import egress
+
+    monkeypatch.setattr(egress, "_resolve", lambda host, port: ["1.1.1.1"])  # retry checks the URL again
+    staff = _staff("staff-" + "-".join(permissions or ("none",)), *permissions)
+    reached = set()
+    for action, (method, url, body) in _others_data_requests("0" * 24, "0" * 24).items():
+        project = services.project_create(owner=alice, name="Alice's")
+        scene = services.scene_create(owner=alice, source_url=PUBLIC_URL, project=project)
+        scene_states.fail(scene_id=scene.pk, error_code="network_error", error_message="x")
+        url = url.replace("0" * 24, str(scene.pk if "scene" in action else project.pk), 1)
+        with celery_broker(DEAD_BROKER):  # a retry may enqueue: nothing needs to run
+            response = getattr(_client(staff), method)(url, body, format="json")
+        assert response.status_code in {200, 202, 204, 404}, (action, response.status_code)
+        if response.status_code != 404:
+            reached.add(action)
+
+    assert reached == allowed
 
 
 def test_list_is_newest_first_and_filters_by_status_and_project(alice):
@@ -178,14 +248,23 @@ def test_store_is_throttled_per_user_with_retry_after(alice, settings):
     assert int(statuses[-1]["Retry-After"]) > 0
 
 
-def test_readyz_names_the_part_that_fails(client, db):
+def test_readyz_names_the_part_that_fails_without_details_for_anonymous_callers(client, db):
     with celery_broker(DEAD_BROKER):
         response = client.get("/readyz")
 
     assert response.status_code == 503
     checks = response.json()["checks"]
     assert checks["database"] == "ok"
-    assert checks["broker"].startswith("failed")
+    assert checks["broker"] == "failed"  # no host, port, endpoint or bucket for strangers
+
+
+def test_readyz_gives_staff_the_details(client, admin_user):
+    client.force_login(admin_user)
+    with celery_broker(DEAD_BROKER):
+        response = client.get("/readyz")
+
+    assert response.json()["checks"]["broker"].startswith("failed: ")
+    assert "127.0.0.1:1" in response.json()["checks"]["broker"]
 
 
 def test_readyz_is_ready_when_everything_answers(client, broker_url: str, db):

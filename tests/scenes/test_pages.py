@@ -290,6 +290,22 @@ def test_page_and_api_share_one_throttle(page, alice, settings, broker_url):
     assert response.status_code == 429
 
 
+@commits
+def test_retry_on_the_page_shares_the_store_throttle(page, alice, settings, broker_url, monkeypatch):
+    from downloads import egress
+
+    monkeypatch.setattr(egress, "_resolve", lambda host, port: ["1.1.1.1"])
+    settings.MEDIA_STORE_RATE = "1/min"
+    scene = _scene(alice, status=Scene.Status.FAILED, error_code="timeout", error_message="Too slow.")
+    page.post("/api/v1/media/store", {"url": PUBLIC_URL}, content_type="application/json")
+
+    response = page.post(f"/scenes/{scene.pk}/retry", **HX)
+
+    assert response.status_code == 429
+    assert "many downloads in a short time" in response.content.decode()
+    assert Scene.objects.get(pk=scene.pk).status == Scene.Status.FAILED
+
+
 # --- Retry and delete -------------------------------------------------------------------------------------
 
 @commits
