@@ -272,7 +272,9 @@ def run_faults(stack: Stack, media: Any, proxy: Any, selected: list[str]) -> lis
     @phase("deletes racing S3 500s")
     def _(fault: Fault) -> None:
         ids = _store(fault, [throttled(2_000_000) for _ in range(5)])
-        _wait(lambda: _count(ids, status__in=["processing", "completed"]) >= 5, 60, "jobs started")
+        # Tasks the killed worker of the previous phase had prefetched come back only after the broker's
+        # visibility timeout (60 s here): wait longer than that.
+        _wait(lambda: _count(ids, status__in=["processing", "completed"]) >= 5, 100, "jobs started")
         proxy.fail(500, times=12, when=lambda method, path: method in ("DELETE", "POST") and "delete" in path)
         time.sleep(2)
         for scene in Scene.objects.filter(pk__in=ids[:4]):

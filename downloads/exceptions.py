@@ -22,7 +22,9 @@ invalid_media          no         downloaded, but no audio or video stream in it
 url_not_allowed        no         the source led to a host or address this server does not fetch
                                   from (a redirect, an embed, a manifest entry)
 network_error          yes        the connection to the source failed
-timeout                yes        the source stopped sending, or the download took too long
+timeout                yes/no     the source stopped sending (retried), or was too slow overall: the
+                                  download cap or the minimum throughput (not retried)
+too_many_pixels        no         the video's width x height is over ``MEDIA_MAX_PIXELS``
 storage_error          per case   the object store failed (5xx and timeouts retry, 4xx do not)
 disk_full              yes        the worker's disk filled up during the job
 temp_dir_unwritable    yes        the worker cannot create its temporary folder (``TMPDIR``)
@@ -102,6 +104,18 @@ class DownloadTimeoutError(MediastoreError):
     code = "timeout"
     default_message = "The source stopped sending data, or the download took too long."
     retryable = True
+
+
+class SlowSourceError(DownloadTimeoutError):
+    """The download hit its overall time cap, or the source sent too little for too long: another attempt
+    would hold a worker slot just as long, so it is not retried."""
+
+    retryable = False
+
+
+class TooManyPixelsError(MediastoreError):
+    code = "too_many_pixels"
+    default_message = "The video's picture is larger than this server accepts."
 
 
 class StorageError(MediastoreError):

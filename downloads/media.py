@@ -12,8 +12,8 @@ from typing import Any
 from django.conf import settings
 
 from downloads.egress import FFMPEG_INPUT_OPTIONS
-from downloads.exceptions import InternalError, InvalidMediaError
-from downloads.subprocesses import run_captured
+from downloads.exceptions import InternalError, InvalidMediaError, TooManyPixelsError
+from downloads.subprocesses import memory_limited, run_captured
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ async def probe(path: Path) -> MediaInfo:
     # file: and the demuxer allow-list: a "video" that is really a playlist must not make ffprobe open the
     # files or URLs it lists, and random bytes must not pass as some raw audio codec.
     code, stdout, stderr = await run_captured(
-        [settings.FFPROBE_PATH, *FFMPEG_INPUT_OPTIONS, "-v", "error", "-print_format", "json", "-show_format",
-         "-show_streams", f"file:{path}"],
+        memory_limited([settings.FFPROBE_PATH, *FFMPEG_INPUT_OPTIONS, "-v", "error", "-print_format", "json",
+                        "-show_format", "-show_streams", f"file:{path}"]),
         limit=PROBE_TIMEOUT,
     )
     if code != 0:
@@ -88,7 +88,13 @@ async def probe(path: Path) -> MediaInfo:
         data = json.loads(stdout)
     except ValueError as exc:
         raise InternalError("ffprobe answered something that is not JSON") from exc
-    return _parse_probe(data, path, int((data.get("format") or {}).get("size") or 0))
+    info = _parse_probe(data, path, int((data.get("format") or {}).get("size") or 0))
+    # Before any frame is decoded: an 8192x8192 picture made the thumbnail's ffmpeg take 734 MB.
+    pixels = (info.width or 0) * (info.height or 0)
+    if pixels > settings.MEDIA_MAX_PIXELS:
+        raise TooManyPixelsError(f"The video is {info.width}x{info.height}; this server accepts at most "
+                                 f"{settings.MEDIA_MAX_PIXELS} pixels per picture.")
+    return info
 
 
 async def thumbnail(path: Path, info: MediaInfo, *, into: Path) -> Path | None:
@@ -102,7 +108,7 @@ async def thumbnail(path: Path, info: MediaInfo, *, into: Path) -> Path | None:
             "-threads", "1", "-ss", f"{at:.3f}", *FFMPEG_INPUT_OPTIONS, "-i", f"file:{path}", "-frames:v", "1",
             "-vf", f"scale='min({THUMBNAIL_WIDTH},iw)':-2", "-q:v", "4", str(target)]
     try:
-        code, _, stderr = await run_captured(argv, limit=THUMBNAIL_TIMEOUT)
+        code, _, stderr = await run_captured(memory_limited(argv), limit=THUMBNAIL_TIMEOUT)
     except (OSError, TimeoutError) as exc:
         logger.warning("thumbnail: ffmpeg did not run for %s: %s", path.name, exc)
         return None

@@ -13,6 +13,7 @@ attempts left, or a warm shutdown that handed the job back). Only a worker that 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -52,6 +53,7 @@ def _heartbeat_interval() -> float:
     return min(HEARTBEAT_INTERVAL, float(settings.MEDIA_STALE_AFTER) / 3)
 JOB_DIR_PREFIX = "mediastore-job-"
 HAND_BACK_DELAY = 10.0  # seconds before a job handed back at shutdown may run again
+HARD_LIMIT_DISCARD = 1.0  # of the hard limit's grace, for removing what the run stored
 
 
 class _ProgressReporter:
@@ -149,6 +151,8 @@ async def _cancelled(scene_id: str, claim: lifecycle.Claim) -> str:
         return await _moved(scene_id, "stopped:")
     if reason == bridge.HARD_LIMIT:
         # Shielded: the greenlet gives the run a short grace to write this, and nothing may cut it short.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(_discard_stored(scene_id)), HARD_LIMIT_DISCARD)
         await asyncio.shield(lifecycle.fail(scene_id=scene_id, attempt=claim.attempts, code=DownloadTimeoutError.code,
                                             message=f"The job ran past its hard time limit "
                                                     f"({settings.CELERY_TASK_TIME_LIMIT:g} s) and was stopped."))
@@ -298,8 +302,27 @@ async def _moved(scene_id: str, what: str) -> str:
     return "moved"
 
 
+async def _discard_stored(scene_id: str) -> None:
+    """Remove what the run stored before it failed (a limit after the upload, a write that came too late):
+    a scene that is not completed owns no objects. Retried a few times; the run still owns the scene, so
+    nothing new can be stored under its prefix meanwhile."""
+    for delay in (0.5, 1.0, 2.0, None):
+        try:
+            removed = await storage.get_storage().delete_prefix(storage.scene_prefix(scene_id))
+        except StorageError as error:
+            if delay is None:
+                logger.error("ingest %s: stored objects not removed: %s", scene_id, error.message)
+                return
+            await asyncio.sleep(delay)
+            continue
+        if removed:
+            logger.info("ingest %s: removed %d object(s) stored before the failure", scene_id, removed)
+        return
+
+
 async def _failed(scene_id: str, claim: lifecycle.Claim, error: MediastoreError, *, retry: bool = True) -> str:
     attempts = claim.attempts
+    await asyncio.shield(_discard_stored(scene_id))
     if retry and error.retryable and attempts < settings.MEDIA_MAX_ATTEMPTS:
         countdown = settings.MEDIA_RETRY_BACKOFF * 2 ** (attempts - 1)
         logger.warning("ingest %s: %s (%s); retry %d of %d in %.0fs", scene_id, error.code, error.message,

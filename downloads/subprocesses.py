@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
+
+from django.conf import settings
 
 
 def kill_group(pid: int) -> None:
@@ -15,6 +18,15 @@ def kill_group(pid: int) -> None:
             os.killpg(pid, signal.SIGKILL)
         else:
             os.kill(pid, signal.SIGKILL)
+
+
+def memory_limited(argv: list[str]) -> list[str]:
+    """``argv`` under ``MEDIA_CHILD_MEMORY`` of address space, through util-linux's prlimit (an exec, not a
+    preexec_fn: the loop thread must not run Python between fork and exec)."""
+    prlimit = shutil.which("prlimit")
+    if prlimit is None or not settings.MEDIA_CHILD_MEMORY:
+        return argv
+    return [prlimit, f"--as={settings.MEDIA_CHILD_MEMORY}", "--", *argv]
 
 
 async def run_captured(argv: list[str], *, limit: float) -> tuple[int, bytes, bytes]:

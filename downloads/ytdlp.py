@@ -14,6 +14,8 @@ Facts measured with yt-dlp 2026.10.26 that shape this module:
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +23,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from downloads.exceptions import (
     MediastoreError,
     NetworkError,
     NotFoundError,
+    SlowSourceError,
     TooLargeError,
     TooLongError,
     UnavailableError,
@@ -54,6 +57,7 @@ RESULT_MARK = "[mediastore-result]"
 POSTPROCESS_MARK = "[mediastore-postprocess]"
 OUTPUT_TEMPLATE = "media.%(ext)s"
 STDERR_TAIL_LINES = 20
+LINE_LIMIT = 8 * 1024 * 1024  # yt-dlp's lines carry titles and JSON; asyncio's default 64 KiB was fatal
 _WATCH_INTERVAL = 0.5
 # Control characters, and the invisible ones that reorder or hide text (bidi overrides and isolates,
 # zero-width characters, line/paragraph separators, the byte-order mark): a title cannot spoof its neighbours.
@@ -67,6 +71,9 @@ class Progress:
     total_bytes: int | None
     percent: float | None
     stage: str  # "downloading" or "postprocessing"
+    # yt-dlp's total is exact for one HTTP file with a Content-Length; for HLS and DASH it is an estimate
+    # (bandwidth x duration), which may be far from the bytes that really come.
+    total_is_estimate: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,9 +126,11 @@ def parse_progress(line: str) -> Progress | None:
         parts = line[len(PROGRESS_MARK):].split()
         if len(parts) < 4:
             return None
-        downloaded, total = _number(parts[1]), _number(parts[2]) or _number(parts[3])
+        downloaded, exact = _number(parts[1]), _number(parts[2])
+        total = exact or _number(parts[3])
         percent = min(100.0, downloaded * 100 / total) if downloaded is not None and total else None
-        return Progress(downloaded_bytes=downloaded, total_bytes=total, percent=percent, stage="downloading")
+        return Progress(downloaded_bytes=downloaded, total_bytes=total, percent=percent, stage="downloading",
+                        total_is_estimate=not exact)
     if line.startswith(POSTPROCESS_MARK):
         return Progress(downloaded_bytes=None, total_bytes=None, percent=None, stage="postprocessing")
     return None
@@ -140,7 +149,8 @@ _ERROR_PATTERNS: list[tuple[re.Pattern[str], type[MediastoreError]]] = [
     (re.compile(r"file:// URLs are disabled|unsupported url scheme", re.I), UrlNotAllowedError),
     (re.compile(r"HTTP Error 404|404: Not Found|HTTP Error 410", re.I), NotFoundError),
     (re.compile(r"Unsupported URL", re.I), UnsupportedUrlError),
-    (re.compile(r"larger than max-filesize|File is larger than", re.I), TooLargeError),
+    (re.compile(r"larger than max-filesize|File is larger than|" + ytdlp_guard.MANIFEST_TOO_LARGE, re.I),
+     TooLargeError),
     (re.compile(r"live event|is live|is a live stream|premieres in", re.I), LiveStreamError),
     (re.compile(r"private video|video unavailable|has been removed|sign in|log ?in|members[- ]only|"
                 r"not available in your country|geo.?restrict|HTTP Error 403|age[- ]restricted", re.I),
@@ -192,9 +202,10 @@ class _Run:
         self.refused: list[str] = []  # what ytdlp_guard refused, in its words
         self.not_media: list[str] = []
         self.verdict: MediastoreError | None = None  # a limit we enforced, which decides the outcome
+        self.received = 0  # the most bytes yt-dlp said it had, for the throughput check
 
     async def read_stdout(self, stream: asyncio.StreamReader, kill: Callable[[MediastoreError], None]) -> None:
-        async for raw in stream:
+        async for raw in _lines(stream):
             line = raw.decode("utf-8", "replace").strip().replace("\r", "")
             if "larger than max-filesize" in line:
                 self.verdict = self.verdict or TooLargeError(
@@ -205,10 +216,15 @@ class _Run:
                 self.info = json.loads(line[len(INFO_MARK):])
                 self._check_info(kill)
             elif (progress := parse_progress(line)) is not None:
-                total = progress.total_bytes
+                # The limit holds on real bytes: an exact total, or what has really arrived.
+                total = None if progress.total_is_estimate else progress.total_bytes
                 if total is not None and total > self.max_filesize:
                     kill(TooLargeError(f"The media is {total} bytes; this server accepts at most "
                                        f"{self.max_filesize}."))
+                elif (progress.downloaded_bytes or 0) > self.max_filesize:
+                    kill(TooLargeError(f"The download passed {self.max_filesize} bytes, the most this server "
+                                       "accepts."))
+                self.received = max(self.received, progress.downloaded_bytes or 0)
                 if self.on_progress is not None:
                     await self.on_progress(progress)
 
@@ -221,7 +237,7 @@ class _Run:
                               f"{settings.MEDIA_MAX_DURATION:.0f} s."))
 
     async def read_stderr(self, stream: asyncio.StreamReader) -> None:
-        async for raw in stream:
+        async for raw in _lines(stream):
             line = clean(raw.decode("utf-8", "replace"), limit=2000)
             if line.startswith(ytdlp_guard.REFUSED_MARK):
                 self.refused.append(line[len(ytdlp_guard.REFUSED_MARK):].strip())
@@ -235,11 +251,53 @@ class _Run:
 def guard_env() -> dict[str, str]:
     """The environment yt-dlp runs in: ours, plus the policy and the media tools for ytdlp_guard."""
     return {**os.environ, ytdlp_guard.POLICY_ENV: egress.settings_policy().to_json(),
-            ytdlp_guard.TOOLS_ENV: os.pathsep.join([settings.FFMPEG_PATH, settings.FFPROBE_PATH])}
+            ytdlp_guard.TOOLS_ENV: os.pathsep.join([settings.FFMPEG_PATH, settings.FFPROBE_PATH]),
+            ytdlp_guard.MEMORY_ENV: str(settings.MEDIA_CHILD_MEMORY),
+            ytdlp_guard.MANIFEST_ENV: str(settings.MEDIA_MAX_MANIFEST)}
+
+
+async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """The stream's lines. One longer than the reader's limit (a title of megabytes) is dropped, not fatal."""
+    while True:
+        try:
+            line = await stream.readline()
+        except ValueError:  # over LINE_LIMIT: asyncio has discarded it
+            logger.warning("yt-dlp wrote a line over %d bytes; skipped", LINE_LIMIT)
+            continue
+        if not line:
+            return
+        yield line
 
 
 def _folder_size(folder: Path) -> int:
-    return sum(entry.stat().st_size for entry in folder.rglob("*") if entry.is_file())
+    total = 0
+    for entry in folder.rglob("*"):
+        # yt-dlp deletes fragments and parts while we look: a file gone between listing and stat is 0 bytes.
+        with contextlib.suppress(FileNotFoundError):
+            if entry.is_file():
+                total += entry.stat().st_size
+    return total
+
+
+class _Throughput:
+    """Bytes that really arrived over the last ``window`` seconds, against ``minimum`` bytes per second."""
+
+    def __init__(self, *, minimum: int, window: float) -> None:
+        self.minimum, self.window = minimum, window
+        self.samples: collections.deque[tuple[float, int]] = collections.deque()
+        self.high = 0
+
+    def too_slow(self, now: float, seen: int) -> int | None:
+        """The bytes of the last window when that is too few, else None. ``seen`` may go down (yt-dlp
+        deletes parts after merging): progress is the high-water mark."""
+        self.high = max(self.high, seen)
+        self.samples.append((now, self.high))
+        if not self.minimum or now - self.samples[0][0] < self.window:
+            return None
+        while len(self.samples) > 1 and now - self.samples[1][0] >= self.window:
+            self.samples.popleft()
+        got = self.high - self.samples[0][1]
+        return got if got < self.minimum * self.window else None
 
 
 async def download(url: str, *, job_dir: Path, on_progress: ProgressCallback | None = None) -> DownloadResult:
@@ -251,7 +309,7 @@ async def download(url: str, *, job_dir: Path, on_progress: ProgressCallback | N
     try:
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True, env=guard_env(),
+            stderr=asyncio.subprocess.PIPE, start_new_session=True, env=guard_env(), limit=LINE_LIMIT,
         )
     except OSError as exc:
         raise InternalError(f"could not start yt-dlp: {exc.strerror}") from exc
@@ -261,13 +319,26 @@ async def download(url: str, *, job_dir: Path, on_progress: ProgressCallback | N
             run.verdict = verdict
         kill_group(process.pid)  # yt-dlp and the ffmpeg it started
 
+    throughput = _Throughput(minimum=settings.MEDIA_MIN_THROUGHPUT, window=settings.MEDIA_THROUGHPUT_WINDOW)
+
     async def watch_folder() -> None:
-        # --max-filesize is blind to chunked responses and HLS: measure what actually lands on disk.
+        # --max-filesize is blind to chunked responses and HLS: measure what actually lands on disk. The
+        # same measure catches a source that drips bytes to hold the worker's slot.
         while True:
             await asyncio.sleep(_WATCH_INTERVAL)
-            size = await asyncio.to_thread(_folder_size, job_dir)
+            try:
+                size = await asyncio.to_thread(_folder_size, job_dir)
+            except OSError:
+                # Never the end of the watch (and with it of the size limit): try again next round.
+                logger.warning("size watch of %s failed; trying again", job_dir.name, exc_info=True)
+                continue
             if size > max_filesize:
                 kill(TooLargeError(f"The download passed {max_filesize} bytes, the most this server accepts."))
+                return
+            got = throughput.too_slow(time.monotonic(), max(size, run.received))
+            if got is not None:
+                kill(SlowSourceError(f"The source sent {got} bytes in {throughput.window:g} s; this server needs "
+                                     f"at least {throughput.minimum} bytes per second."))
                 return
 
     assert process.stdout is not None
@@ -278,7 +349,7 @@ async def download(url: str, *, job_dir: Path, on_progress: ProgressCallback | N
             await asyncio.gather(run.read_stdout(process.stdout, kill), run.read_stderr(process.stderr))
             returncode = await process.wait()
     except TimeoutError:
-        kill(DownloadTimeoutError(f"The download took longer than {settings.MEDIA_DOWNLOAD_TIMEOUT:g} s."))
+        kill(SlowSourceError(f"The download took longer than {settings.MEDIA_DOWNLOAD_TIMEOUT:g} s."))
         returncode = await process.wait()
     finally:
         watcher.cancel()

@@ -35,6 +35,9 @@ REFUSED_MARK = "[mediastore-refused]"
 NOT_MEDIA_MARK = "[mediastore-not-media]"
 POLICY_ENV = "MEDIASTORE_EGRESS_POLICY"
 TOOLS_ENV = "MEDIASTORE_MEDIA_TOOLS"  # the ffmpeg and ffprobe paths, os.pathsep-separated
+MEMORY_ENV = "MEDIASTORE_CHILD_MEMORY"  # bytes of address space for yt-dlp and the ffmpeg it starts
+MANIFEST_ENV = "MEDIASTORE_MAX_MANIFEST"  # bytes a page or manifest may have
+MANIFEST_TOO_LARGE = "The page or manifest is larger than"
 # yt-dlp runs one of these for YouTube's JavaScript challenges; they get the player's code on stdin.
 JS_RUNTIMES = frozenset({"deno", "node", "bun", "qjs", "quickjs"})
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -145,11 +148,45 @@ def install_process_guard(tools: set[str]) -> None:
     _utils.Popen.__init__ = init
 
 
+def install_manifest_limit(limit: int) -> None:
+    """yt-dlp reads a page or manifest whole into memory: a million-segment playlist took it to 569 MB
+    before any size check could run. Reading stops past ``limit`` bytes."""
+    from yt_dlp.extractor.common import InfoExtractor
+    from yt_dlp.utils import ExtractorError
+
+    real_read_content = InfoExtractor._webpage_read_content
+
+    def read_content(self: Any, urlh: Any, *args: Any, **kwargs: Any) -> Any:
+        read = urlh.read
+
+        def bounded(amt: int | None = None) -> bytes:
+            if amt is not None:
+                return bytes(read(amt))
+            chunks, total = [], 0
+            while chunk := read(min(1 << 20, limit + 1 - total)):
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > limit:
+                    raise ExtractorError(f"{MANIFEST_TOO_LARGE} {limit} bytes.", expected=True)
+            return b"".join(chunks)
+
+        urlh.read = bounded
+        return real_read_content(self, urlh, *args, **kwargs)
+
+    InfoExtractor._webpage_read_content = read_content
+
+
 def main(argv: list[str]) -> int:
     policy = Policy.from_json(os.environ[POLICY_ENV])
     tools = {t for t in os.environ.get(TOOLS_ENV, "").split(os.pathsep) if t}
+    if memory := int(os.environ.get(MEMORY_ENV) or 0):
+        import resource
+
+        # Inherited by the ffmpeg yt-dlp starts: a hostile file costs the job, not the worker's machine.
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     install_network_guard(policy)
     install_process_guard(tools)
+    install_manifest_limit(int(os.environ.get(MANIFEST_ENV) or 16 * 1024**2))
     import yt_dlp
 
     try:

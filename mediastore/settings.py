@@ -211,6 +211,18 @@ MEDIA_ROOT = DATA_DIR / "media"
 MEDIA_MAX_FILESIZE = env_size("MEDIA_MAX_FILESIZE", 2 * 1024**3)
 MEDIA_MAX_DURATION = env_duration("MEDIA_MAX_DURATION", 4 * 3600)
 MEDIA_DOWNLOAD_TIMEOUT = env_duration("MEDIA_DOWNLOAD_TIMEOUT", 3600)
+# A source that sends less than MEDIA_MIN_THROUGHPUT bytes per second, measured over MEDIA_THROUGHPUT_WINDOW
+# seconds, fails as a timeout and is not retried: a drip would hold a worker slot for the whole download
+# timeout otherwise. 0 turns the check off.
+MEDIA_MIN_THROUGHPUT = env_size("MEDIA_MIN_THROUGHPUT", 16 * 1024)
+MEDIA_THROUGHPUT_WINDOW = env_duration("MEDIA_THROUGHPUT_WINDOW", 60)
+# Resources one job may use: address space of yt-dlp, ffmpeg and ffprobe; a page or manifest read by yt-dlp;
+# width x height of a video (refused after probing, before the thumbnail decodes a frame).
+MEDIA_CHILD_MEMORY = env_size("MEDIA_CHILD_MEMORY", 1024**3)
+MEDIA_MAX_MANIFEST = env_size("MEDIA_MAX_MANIFEST", 16 * 1024**2)
+MEDIA_MAX_PIXELS = env_int("MEDIA_MAX_PIXELS", 4096 * 2304, minimum=1)
+# Scenes one person may have queued or processing at once; more is a 429 at store and retry.
+MEDIA_MAX_ACTIVE_PER_OWNER = env_int("MEDIA_MAX_ACTIVE_PER_OWNER", 20, minimum=1)
 # Seconds without a byte from the source before yt-dlp gives up on a connection (a stalled server).
 MEDIA_SOCKET_TIMEOUT = env_duration("MEDIA_SOCKET_TIMEOUT", 30)
 # --use-extractors: the sites we support plus generic; fewer extractors halve yt-dlp's start-up.

@@ -198,6 +198,8 @@ class MediaStoreView(APIView):
         try:
             scene = services.scene_store(owner=user, source_url=url, project=project, scene=scene,
                                          title=data.get("title", ""))
+        except services.TooManyActive as busy:
+            raise ApiError(status_code=429, code="too_many_active", message=busy.message) from busy
         except SceneStateConflict as conflict:
             message = "The scene is being processed right now; try again when it has finished."
             raise ApiError(status_code=409, code="conflict", message=message) from conflict
@@ -217,7 +219,7 @@ _PROJECT_ACTIONS = {"partial_update": "change", "update": "change", "destroy": "
                                                                                  **_errors()}),
     retrieve=extend_schema(responses={200: SceneSerializer, **_errors()}),
     destroy=extend_schema(responses={204: None, **_errors()}),
-    retry=extend_schema(request=None, responses={202: SceneSerializer, **_errors(409, 422)}),
+    retry=extend_schema(request=None, responses={202: SceneSerializer, **_errors(409, 422, 429)}),
 )
 class SceneViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, mixins.DestroyModelMixin,
                    viewsets.GenericViewSet[Scene]):
@@ -247,6 +249,8 @@ class SceneViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, mixins.Dest
             scene = services.scene_retry(scene=scene)
         except UrlRejected as rejected:
             raise ApiError(status_code=rejected.status, code=rejected.code, message=rejected.message) from rejected
+        except services.TooManyActive as busy:
+            raise ApiError(status_code=429, code="too_many_active", message=busy.message) from busy
         except SceneStateConflict as conflict:
             raise ApiError(status_code=409, code="conflict",
                            message=f"Only failed scenes can be retried; this one is {scene.status}.") from conflict

@@ -31,6 +31,11 @@ def scene_list(
     return scenes
 
 
+def active_count(*, owner: User) -> int:
+    """How many of the owner's scenes are queued or processing."""
+    return Scene.objects.filter(owner=owner, status__in=[Scene.Status.QUEUED, Scene.Status.PROCESSING]).count()
+
+
 def scene_owned(*, owner: User, scene_id: str) -> Scene | None:
     """The owner's scene with that id, or None: someone else's scene and a missing one look the same."""
     return Scene.objects.select_related("project").filter(owner=owner, pk=scene_id).first()

@@ -39,6 +39,22 @@ def project_rename(*, project: Project, name: str) -> Project:
     return project
 
 
+class TooManyActive(Exception):
+    """The owner has ``MEDIA_MAX_ACTIVE_PER_OWNER`` scenes queued or processing already."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.message = (f"You have {limit} downloads queued or running, the most this server takes from one "
+                        "person at a time. Try again when some have finished.")
+
+
+def _check_active_limit(*, owner: User) -> None:
+    # One person's burst (or drip sources) must not fill every worker slot: the others' jobs would wait.
+    limit = settings.MEDIA_MAX_ACTIVE_PER_OWNER
+    if selectors.active_count(owner=owner) >= limit:
+        raise TooManyActive(limit)
+
+
 def scene_create(
     *, owner: User, source_url: str, project: Project | None = None, title: str = ""
 ) -> Scene:
@@ -66,6 +82,7 @@ def scene_store(
     Re-ingesting keeps the scene's project and title unless new ones are given."""
     from downloads.tasks import download_media_task
 
+    _check_active_limit(owner=owner)
     task_id = str(uuid.uuid4())
     with transaction.atomic():
         if scene is None:
@@ -89,6 +106,7 @@ def scene_retry(*, scene: Scene) -> Scene:
     from downloads.tasks import download_media_task
 
     validate_media_url(scene.source_url)
+    _check_active_limit(owner=scene.owner)
     task_id = str(uuid.uuid4())
     with transaction.atomic():
         lifecycle.retry(scene_id=scene.pk, task_id=task_id)

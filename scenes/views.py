@@ -189,8 +189,11 @@ def scene_submit(request: HtmxHttpRequest) -> HttpResponse:
         return _form_error(request, form, status=429, message=message, headers={"Retry-After": str(wait)})
     if not form.is_valid():
         return _form_error(request, form, status=form.error_status())
-    scene = services.scene_store(owner=user, source_url=form.cleaned_data["url"],
-                                 project=form.cleaned_data["project"])
+    try:
+        scene = services.scene_store(owner=user, source_url=form.cleaned_data["url"],
+                                     project=form.cleaned_data["project"])
+    except services.TooManyActive as busy:
+        return _form_error(request, form, status=429, message=busy.message)
     if not request.htmx:
         return redirect("scene-page")
     return render(request, "scenes/_created.html", {"row": _row(scene, request), "form": StoreForm(owner=user)},
@@ -226,6 +229,8 @@ def _retry(scene: Scene) -> tuple[str, int]:
         services.scene_retry(scene=scene)
     except UrlRejected as rejected:
         return rejected.message, rejected.status
+    except services.TooManyActive as busy:
+        return busy.message, 429
     except SceneStateConflict:
         scene.refresh_from_db()
         return f"Only failed scenes can be retried; this one is {scene.get_status_display().lower()}.", 409

@@ -35,12 +35,18 @@ class FakeStream:
         return self
 
     async def __anext__(self) -> bytes:
+        line = await self.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
+
+    async def readline(self) -> bytes:
         if self._lines:
             await asyncio.sleep(0)
             return self._lines.pop(0)
         if self._hang is not None:
             await self._hang.wait()
-        raise StopAsyncIteration
+        return b""
 
 
 class FakeProcess:
@@ -392,14 +398,19 @@ async def test_a_full_disk_while_making_the_job_folder_is_disk_full(tmp_path: Pa
         await pipeline._make_job_dir("a" * 24)
 
 
-async def test_an_unwritable_temp_folder_is_its_own_error(tmp_path: Path):
+async def test_an_unwritable_temp_folder_is_its_own_error_and_its_path_stays_in_the_log(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture):
     import errno
+    import tempfile
 
     from downloads.exceptions import TempDirError
 
     with mock.patch("tempfile.mkdtemp", side_effect=PermissionError(errno.EACCES, "Permission denied")), \
-            pytest.raises(TempDirError, match="Permission denied"):
+            pytest.raises(TempDirError) as raised:
         await pipeline._make_job_dir("a" * 24)
+
+    assert tempfile.gettempdir() not in raised.value.message
+    assert f"{tempfile.gettempdir()}: Permission denied" in caplog.text
 
 
 def _slow_download_ingest(reason: str | None):
@@ -516,3 +527,40 @@ def test_scene_ids_are_random_not_a_counter():
     # ObjectId() would share its first 8 hex (the second) and count up in the last 6.
     assert len({i[:8] for i in ids}) > 45
     assert len({int(b[-6:], 16) - int(a[-6:], 16) for a, b in itertools.pairwise(ids)}) > 45
+
+
+def test_the_size_limit_ignores_an_estimated_total_but_not_real_bytes():
+    estimated = ytdlp.parse_progress(f"{ytdlp.PROGRESS_MARK} downloading 1000 NA 99999999")
+    exact = ytdlp.parse_progress(f"{ytdlp.PROGRESS_MARK} downloading 1000 99999999 NA")
+
+    assert estimated is not None and estimated.total_is_estimate
+    assert exact is not None and not exact.total_is_estimate
+
+
+def test_throughput_is_judged_on_the_high_water_mark_over_the_window():
+    meter = ytdlp._Throughput(minimum=100, window=10)
+
+    assert meter.too_slow(0, 0) is None
+    assert meter.too_slow(5, 400) is None  # not a whole window yet
+    assert meter.too_slow(9.5, 900) is None
+    assert meter.too_slow(10, 950) == 950  # a whole window, and under 100 bytes per second
+    fast = ytdlp._Throughput(minimum=100, window=10)
+    for second in range(30):
+        assert fast.too_slow(second, 2000 * second if second < 20 else 0) is None  # parts deleted: no drop
+
+
+def test_the_folder_size_survives_files_vanishing_while_it_looks(tmp_path: Path):
+    (tmp_path / "kept").write_bytes(b"x" * 10)
+    gone = tmp_path / "fragment"
+    with mock.patch.object(Path, "rglob", return_value=iter([tmp_path / "kept", gone])):
+        assert ytdlp._folder_size(tmp_path) == 10
+
+
+def test_media_tools_run_under_the_memory_limit(settings):
+    from downloads.subprocesses import memory_limited
+
+    settings.MEDIA_CHILD_MEMORY = 123456789
+
+    argv = memory_limited(["ffprobe", "x"])
+
+    assert argv[1:] == ["--as=123456789", "--", "ffprobe", "x"]

@@ -92,6 +92,8 @@ class HostileSite:
     def __init__(self, root: Path, address: str = "127.0.0.1", port: int = 0) -> None:
         site = self
         self.routes: dict[str, Callable[[], Response]] = {}
+        self.drips: dict[str, tuple[int, float]] = {}
+        self.stopping = threading.Event()
         self.requests: list[str] = []
 
         class Handler(SimpleHTTPRequestHandler):
@@ -102,6 +104,9 @@ class HostileSite:
                 super().__init__(*args, directory=str(root), **kwargs)
 
             def do_GET(self) -> None:
+                if (drip := site.drips.get(urlsplit(self.path).path)) is not None:
+                    self._drip(*drip)
+                    return
                 answer = site.routes.get(urlsplit(self.path).path)
                 if answer is None:
                     super().do_GET()
@@ -116,6 +121,17 @@ class HostileSite:
             def do_HEAD(self) -> None:
                 self.do_GET()
 
+            def _drip(self, length: int, interval: float) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "video/mp4")
+                self.send_header("Content-Length", str(length))
+                self.end_headers()
+                for _ in range(length):
+                    if site.stopping.wait(interval):
+                        return
+                    self.wfile.write(b"\0")
+                    self.wfile.flush()
+
         self._running = _Running(_LoopbackServer((address, port), Handler))
         self.address = address
         self.port = int(self._running.server.server_address[1])
@@ -129,11 +145,17 @@ class HostileSite:
         self.routes[path] = lambda: (status, {"Content-Type": content_type, **(headers or {})}, data)
         return self.url(path)
 
+    def drip(self, path: str, *, length: int, interval: float) -> str:
+        """A source that sends one byte every ``interval`` seconds: fast enough for no socket timeout."""
+        self.drips[path] = (length, interval)
+        return self.url(path)
+
     def redirect(self, path: str, to: str, *, status: int = 302) -> str:
         self.routes[path] = lambda: (status, {"Location": to}, b"")
         return self.url(path)
 
     def stop(self) -> None:
+        self.stopping.set()
         self._running.stop()
 
 
