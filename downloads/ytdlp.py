@@ -203,6 +203,7 @@ class _Run:
         self.not_media: list[str] = []
         self.verdict: MediastoreError | None = None  # a limit we enforced, which decides the outcome
         self.received = 0  # the most bytes yt-dlp said it had, for the throughput check
+        self.postprocessing = False  # all received: merging and fixing up are local work, not throughput
 
     async def read_stdout(self, stream: asyncio.StreamReader, kill: Callable[[MediastoreError], None]) -> None:
         async for raw in _lines(stream):
@@ -225,6 +226,7 @@ class _Run:
                     kill(TooLargeError(f"The download passed {self.max_filesize} bytes, the most this server "
                                        "accepts."))
                 self.received = max(self.received, progress.downloaded_bytes or 0)
+                self.postprocessing = self.postprocessing or progress.stage == "postprocessing"
                 if self.on_progress is not None:
                     await self.on_progress(progress)
 
@@ -335,7 +337,7 @@ async def download(url: str, *, job_dir: Path, on_progress: ProgressCallback | N
             if size > max_filesize:
                 kill(TooLargeError(f"The download passed {max_filesize} bytes, the most this server accepts."))
                 return
-            got = throughput.too_slow(time.monotonic(), max(size, run.received))
+            got = None if run.postprocessing else throughput.too_slow(time.monotonic(), max(size, run.received))
             if got is not None:
                 kill(SlowSourceError(f"The source sent {got} bytes in {throughput.window:g} s; this server needs "
                                      f"at least {throughput.minimum} bytes per second."))

@@ -89,7 +89,8 @@ def test_a_dash_source_whose_estimate_is_over_the_size_limit_but_real_bytes_are_
         worker, owner, site, media_files: MediaFiles):
     worker()  # 10M limit; the estimate below is ~37 MB (bandwidth x duration), the real bytes ~200 KB
     manifest = (media_files.root / "dash" / "manifest.mpd").read_text()
-    inflated = manifest.replace('bandwidth="', 'bandwidth="99').replace("<Period", '<BaseURL>/dash/</BaseURL><Period', 1)
+    inflated = manifest.replace('bandwidth="', 'bandwidth="99')
+    inflated = inflated.replace("<Period", "<BaseURL>/dash/</BaseURL><Period", 1)
     url = site.route("/inflated.mpd", inflated, content_type="application/dash+xml")
 
     scene = _ingest(owner, url)
@@ -109,7 +110,7 @@ def test_a_file_of_one_repeated_block_is_not_media(worker, owner, site):
 
 def test_a_manifest_over_its_size_limit_is_refused_before_it_is_parsed(worker, owner, site):
     worker(MEDIA_MAX_MANIFEST="1M")
-    body = "#EXTM3U\n#EXT-X-TARGETDURATION:1\n" + "#EXTINF:1,\nhls/seg000.ts\n" * 100_000 + "#EXT-X-ENDLIST\n"
+    body = "#EXTM3U\n#EXT-X-TARGETDURATION:1\n" + "#EXTINF:1,\nmissing.ts\n" * 100_000 + "#EXT-X-ENDLIST\n"
     url = site.route("/huge.m3u8", body, content_type="application/vnd.apple.mpegurl")
 
     scene = _ingest(owner, url)

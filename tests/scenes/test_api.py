@@ -383,3 +383,23 @@ def test_patch_of_a_project_without_fields_changes_nothing(alice):
 
     assert response.status_code == 200
     assert response.json()["name"] == "Kept"
+
+
+def test_one_person_may_have_only_so_many_scenes_queued_or_running(alice, bob, settings, monkeypatch):
+    from downloads import egress
+
+    monkeypatch.setattr(egress, "_resolve", lambda host, port: ["1.1.1.1"])
+    settings.MEDIA_MAX_ACTIVE_PER_OWNER = 2
+    api = _client(alice)
+    with celery_broker(DEAD_BROKER):  # nothing needs to run: the scenes stay queued
+        answers = [api.post("/api/v1/media/store", {"url": PUBLIC_URL}, format="json") for _ in range(3)]
+        failed = services.scene_create(owner=alice, source_url=PUBLIC_URL)
+        scene_states.fail(scene_id=failed.pk, error_code="timeout", error_message="x")
+        retry = api.post(f"/api/v1/scenes/{failed.pk}/retry")
+        others = _client(bob).post("/api/v1/media/store", {"url": PUBLIC_URL}, format="json")
+
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    assert answers[-1].json()["error"]["code"] == "too_many_active"
+    assert "2 downloads queued or running" in answers[-1].json()["error"]["message"]
+    assert retry.status_code == 429
+    assert others.status_code == 202  # another person is not held back
