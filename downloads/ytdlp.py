@@ -22,6 +22,7 @@ import os
 import re
 import stat
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -162,11 +163,17 @@ _ERROR_PATTERNS: list[tuple[re.Pattern[str], type[MediastoreError]]] = [
 ]
 
 
+def _without_paths(text: str) -> str:
+    """Our folders are not the user's business: a path under the temp folder becomes its file name."""
+    return re.sub(re.escape(tempfile.gettempdir().rstrip("/")) + r"""/[^\s'"]*""",
+                  lambda match: Path(match.group(0)).name, text)
+
+
 def classify_error(stderr_lines: list[str]) -> MediastoreError:
     """yt-dlp's ERROR lines → our error, with yt-dlp's reason (cleaned) as the message."""
     errors = [line for line in stderr_lines if line.startswith("ERROR:")]
-    reason = clean((errors[-1] if errors else (stderr_lines[-1] if stderr_lines else ""))
-                   .removeprefix("ERROR:").strip())
+    reason = _without_paths(clean((errors[-1] if errors else (stderr_lines[-1] if stderr_lines else ""))
+                                  .removeprefix("ERROR:").strip()))
     for pattern, error_type in _ERROR_PATTERNS:
         if pattern.search(reason):
             # yt-dlp's wording would advise a switch to turn the protection off.

@@ -566,3 +566,13 @@ def test_media_tools_run_under_the_memory_limit(settings):
     argv = memory_limited(["ffprobe", "x"])
 
     assert argv[1:] == ["--as=123456789", "--", "ffprobe", "x"]
+
+
+def test_error_messages_do_not_show_the_workers_folders():
+    import tempfile
+
+    job = f"{tempfile.gettempdir()}/mediastore-job-1-abc-x1/media.f1.mp4"
+    error = ytdlp.classify_error([f"ERROR: unable to open for writing: [Errno 13] Permission denied: '{job}'"])
+
+    assert tempfile.gettempdir() not in error.message
+    assert "media.f1.mp4" in error.message
