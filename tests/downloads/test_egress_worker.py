@@ -30,13 +30,6 @@ LIMITS = {"MEDIA_MAX_FILESIZE": "10M", "MEDIA_SOCKET_TIMEOUT": "2", "MEDIA_RETRY
 
 
 @pytest.fixture
-def site(media_files: MediaFiles) -> Iterator[HostileSite]:
-    hostile = HostileSite(media_files.root)
-    yield hostile
-    hostile.stop()
-
-
-@pytest.fixture
 def canaries(media_files: MediaFiles, site: HostileSite) -> Iterator[list[Canary]]:
     # 127.0.0.2 listens on the site's port too, for names that rebind from the site to it.
     started = [Canary("127.0.0.2", media_files.root, port=site.port), Canary("127.0.0.3", media_files.root),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,20 +12,12 @@ from django.contrib.auth import get_user_model
 from downloads.tasks import download_media_task
 from scenes import services
 from scenes.models import Scene
-from tests.harness.hostile import HostileSite
 from tests.harness.media import MediaFiles
 from tests.harness.processes import wait_until
 from tests.harness.services import r2_env
 
 LIMITS = {"MEDIA_MAX_FILESIZE": "10M", "MEDIA_SOCKET_TIMEOUT": "3", "MEDIA_RETRY_BACKOFF": "0.2",
           "MEDIA_MAX_ATTEMPTS": "2", "MEDIA_DOWNLOAD_TIMEOUT": "60"}
-
-
-@pytest.fixture
-def site(media_files: MediaFiles) -> Iterator[HostileSite]:
-    hostile = HostileSite(media_files.root)
-    yield hostile
-    hostile.stop()
 
 
 @pytest.fixture

@@ -38,6 +38,19 @@ class _LoopbackServer(ThreadingHTTPServer):
         pass  # a refused or killed client hanging up is expected here
 
 
+class _Handler(SimpleHTTPRequestHandler):
+    """Serves ``root``; records each request in ``log``. Subclassed per server with both set."""
+
+    root: str
+    log: list[str]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, directory=self.root, **kwargs)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        self.log.append(f"{self.command} {self.path}")
+
+
 class _Running:
     def __init__(self, server: _LoopbackServer) -> None:
         self.server = server
@@ -58,12 +71,10 @@ class Canary:
         self.connections = 0
         self.requests: list[str] = []
 
-        class Handler(SimpleHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                canary.requests.append(f"{self.command} {self.path}")
+        class Handler(_Handler):
+            pass
 
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                super().__init__(*args, directory=str(root), **kwargs)
+        Handler.root, Handler.log = str(root), self.requests
 
         class Server(_LoopbackServer):
             def process_request(self, request: Any, client_address: Any) -> None:
@@ -96,13 +107,7 @@ class HostileSite:
         self.stopping = threading.Event()
         self.requests: list[str] = []
 
-        class Handler(SimpleHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                site.requests.append(f"{self.command} {self.path}")
-
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                super().__init__(*args, directory=str(root), **kwargs)
-
+        class Handler(_Handler):
             def do_GET(self) -> None:
                 if (drip := site.drips.get(urlsplit(self.path).path)) is not None:
                     self._drip(*drip)
@@ -132,6 +137,7 @@ class HostileSite:
                     self.wfile.write(b"\0")
                     self.wfile.flush()
 
+        Handler.root, Handler.log = str(root), self.requests
         self._running = _Running(_LoopbackServer((address, port), Handler))
         self.address = address
         self.port = int(self._running.server.server_address[1])
