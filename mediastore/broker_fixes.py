@@ -17,6 +17,15 @@ empty, pool slots free, no BRPOP pending, ``inspect ping`` unanswered.
    error handling: a ``ConnectionError`` from ``drain_events`` ends the greenlet, and only a consumer restart
    spawns it again. kombu reconnects the consumer's BRPOP connection silently, so no restart comes, and
    ``inspect ping``/``shutdown`` go unanswered for the life of the worker. Here the loop reconnects itself.
+
+3. kombu's ``retry_over_time`` (kombu/utils/functional.py, behind every ``Connection.ensure_connection``: the
+   consumer's and the pidbox's reconnects) sleeps with ``from time import sleep``, bound when the module is
+   imported. ``celery -P gevent`` imports it *while* ``gevent.monkey.patch_all()`` runs, before ``time`` is
+   patched (gevent's ``_patch_existing_locks`` calls ``isinstance`` on every object, which makes one of
+   celery's lazy proxies import celery._state → celery.utils → kombu.utils), so it keeps the real
+   ``time.sleep``: while the broker is down each retry froze the whole worker for 2, 4, 6, 8, 10 … s, and
+   task greenlets (their ORM writes, their time limits) stood still. Here the name looks ``time.sleep`` up at
+   each call, so it is gevent's sleep once patched.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -94,6 +104,17 @@ def _patch_gpidbox() -> None:
     gpidbox._mediastore_patched = True
 
 
+def _cooperative_sleep(seconds: float) -> None:
+    time.sleep(seconds)  # looked up at call time: gevent's sleep in a patched worker
+
+
+def _patch_retry_sleep() -> None:
+    from kombu.utils import functional
+
+    functional.sleep = _cooperative_sleep
+
+
 def apply() -> None:
     _patch_redis_qos()
     _patch_gpidbox()
+    _patch_retry_sleep()

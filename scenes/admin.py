@@ -104,7 +104,7 @@ class SceneAdmin(admin.ModelAdmin[Scene]):
         queued, skipped = 0, []
         for scene in queryset:
             try:
-                services.scene_retry(scene=scene)
+                services.scene_requeue_failed(scene=scene)
                 queued += 1
             except SceneStateConflict:
                 skipped.append(f"{_short(scene.title or scene.source_url, 30)} ({scene.status})")

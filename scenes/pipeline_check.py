@@ -148,6 +148,10 @@ def _end_to_end(*, timeout: float) -> Iterator[Check]:
             scene.refresh_from_db()
         if scene.status != Scene.Status.COMPLETED:
             reason = f"{scene.status}: {scene.error_code} {scene.error_message}".strip()
+            if scene.error_code == "url_not_allowed":
+                # The worker refusing loopback is right; the sample is served there, so say how to check.
+                reason += ("; the sample is served from 127.0.0.1, which the address policy refuses: run the "
+                           "check with MEDIA_ALLOWED_NETWORKS=127.0.0.1/32 set for web and worker alike")
             yield Check("0.3", "ingest", "FAIL", f"the sample did not complete within {timeout:.0f}s ({reason})")
             return
         assert scene.completed_at is not None

@@ -101,12 +101,18 @@ def scene_store(
 
 
 def scene_retry(*, scene: Scene) -> Scene:
-    """failed → queued and enqueue; any other status conflicts (so a double retry queues one task). The URL
-    meets the address policy again first (``UrlRejected``): what it points to may have changed since."""
-    from downloads.tasks import download_media_task
-
+    """A person's retry: the URL meets the address policy again (``UrlRejected``: what it points to may have
+    changed since) and the owner's active cap holds (``TooManyActive``); then ``scene_requeue_failed``."""
     validate_media_url(scene.source_url)
     _check_active_limit(owner=scene.owner)
+    return scene_requeue_failed(scene=scene)
+
+
+def scene_requeue_failed(*, scene: Scene) -> Scene:
+    """failed → queued and enqueue; any other status conflicts (so a double retry queues one task). The
+    operators' path (admin, ``requeue_failed``): the worker checks the URL again when the job starts."""
+    from downloads.tasks import download_media_task
+
     task_id = str(uuid.uuid4())
     with transaction.atomic():
         lifecycle.retry(scene_id=scene.pk, task_id=task_id)

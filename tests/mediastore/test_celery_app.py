@@ -45,3 +45,26 @@ def test_broker_poll_outlasts_the_gevent_loop_timeout():
     # The gevent worker polls with a 2 s timeout; only a BRPOP that waits longer lets a poll come back
     # empty, which is when kombu restores a dead worker's unacked messages.
     assert celery_app.conf.broker_transport_options["polling_interval"] > 2
+
+
+def test_broker_retry_sleep_yields_to_other_greenlets_in_a_gevent_worker():
+    # `celery -P gevent` imports kombu.utils.functional while patch_all() runs, before `time` is patched: its
+    # retry loop (every broker reconnect) kept the real time.sleep and froze the worker while Redis was down.
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.argv = ['celery', '-A', 'mediastore', 'worker', '-P', 'gevent']\n"
+        "from celery import maybe_patch_concurrency; maybe_patch_concurrency()\n"
+        "import gevent, mediastore\n"
+        "from kombu.utils import functional\n"
+        "ticks = []\n"
+        "def tick():\n"
+        "    while True: ticks.append(1); gevent.sleep(0.05)\n"
+        "gevent.spawn(tick); gevent.sleep(0)\n"
+        "functional.sleep(0.5)\n"
+        "assert len(ticks) >= 5, ticks\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=settings.BASE_DIR)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.processes import ServiceProcess, free_port, port_open, wait_until
-from tests.harness.services import REPO_ROOT
+from tests.harness.services import ALLOWED_INTERNET, REPO_ROOT
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_ctrl_c_while_a_job_runs_hands_it_back_and_the_next_start_completes_it(t
     env.update({
         "DATA_DIR": str(tmp_path / "data"), "WEB_PORT": str(web_port), "PYTHONUNBUFFERED": "1", "TMPDIR": str(job_tmp),
         "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0", "CELERY_WORKER_CONCURRENCY": "4",
-        "MEDIA_SHUTDOWN_GRACE": "2",
+        "MEDIA_SHUTDOWN_GRACE": "2", "MEDIA_ALLOWED_NETWORKS": ALLOWED_INTERNET,  # the media server
     })
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO_ROOT, env=env, check=True, timeout=120)
 

@@ -53,7 +53,7 @@ def token(transactional_db, broker_url: str) -> str:
 @pytest.fixture(autouse=True)
 def _public_dns():
     # Generated URLs name random hosts; this machine has no DNS. They resolve to a public address.
-    with mock.patch("scenes.validators._resolve", return_value=["93.184.216.34"]):
+    with mock.patch("downloads.egress._resolve", return_value=["93.184.216.34"]):
         yield
 
 

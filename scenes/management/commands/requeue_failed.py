@@ -28,7 +28,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"would queue {scene.pk} ({scene.error_code}: {scene.source_url})")
             self.stdout.write(f"requeue_failed: {len(scenes)} failed scene(s) would be queued (dry run)")
             return
-        queued, conflicts = apply_each(scenes, lambda scene: services.scene_retry(scene=scene))
+        queued, conflicts = apply_each(scenes, lambda scene: services.scene_requeue_failed(scene=scene))
         self.stdout.write(f"requeue_failed: queued {queued}, skipped {conflicts} that changed meanwhile")
         if conflicts:
             raise CommandError(f"requeue_failed: {conflicts} scene(s) were not failed any more")
