@@ -297,7 +297,10 @@ def run_faults(stack: Stack, media: Any, proxy: Any, selected: list[str]) -> lis
             stack.supervise()
             ids = _store(fault, [media.url("large.mp4") for _ in range(2)])
             _wait(lambda: _count(ids, status="failed") == len(ids), 120, "the full-disk jobs to fail")
+            # Whatever a job left in its TMPDIR; named, so a leftover can be traced in the worker log.
             fault.temp_left = sorted(p.name for p in tiny.iterdir())  # type: ignore[attr-defined]
+            if fault.temp_left:  # type: ignore[attr-defined]
+                print(f"faults: left in the full disk's TMPDIR: {fault.temp_left}")  # type: ignore[attr-defined]
         finally:
             stack.pause_supervisor()
             stack.stop_worker()

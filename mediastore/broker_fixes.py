@@ -111,7 +111,7 @@ def _cooperative_sleep(seconds: float) -> None:
 def _patch_retry_sleep() -> None:
     from kombu.utils import functional
 
-    functional.sleep = _cooperative_sleep
+    functional.sleep = _cooperative_sleep  # type: ignore[attr-defined]  # bound by "from time import sleep"
 
 
 def apply() -> None:
