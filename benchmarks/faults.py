@@ -43,6 +43,7 @@ WORKER_SETTINGS = {
     "MEDIA_MAX_ATTEMPTS": "3",
     "MEDIA_RETRY_BACKOFF": "1",
     "MEDIA_SHUTDOWN_GRACE": "2",
+    "MEDIA_MAX_ACTIVE_PER_OWNER": "100000",  # the suite submits its bursts as one person
 }
 CONCURRENCY = 24
 SETTLE_TIMEOUT = 180.0
