@@ -4,8 +4,8 @@
 options; "guarded" is yt-dlp inside ``downloads/ytdlp_guard.py`` (address checks on every connection, the
 process guard, the memory limit, the manifest cap) and ffprobe/ffmpeg with the media-only input options
 under ``prlimit``. Both run on the same files from the same loopback server, alternating (ABAB…), so the
-machine's noise hits both alike. Figures: 100 small clips (8 at a time, as a busy worker would) and one
-200 MB file.
+machine's noise hits both alike; the figure is each variant's fastest round. Figures: 100 small clips per
+variant in rounds of 25 (8 at a time, as a busy worker would) and one 200 MB file per round.
 """
 
 from __future__ import annotations
@@ -90,16 +90,18 @@ def run(*, database_url: str) -> list[Result]:
                 times.setdefault(("small", guarded), []).append(
                     asyncio.run(_batch(small, SMALL_JOBS // ROUNDS, guarded=guarded, root=jobs)))
                 times.setdefault(("big", guarded), []).append(asyncio.run(_batch(big, 1, guarded=guarded, root=jobs)))
-    small_main, small_guarded = sum(times["small", False]), sum(times["small", True])
-    big_main, big_guarded = sum(times["big", False]) / ROUNDS, sum(times["big", True]) / ROUNDS
+    # The fastest round of each: on a shared machine, noise only ever adds time (the raw rounds are printed).
+    small_main, small_guarded = min(times["small", False]), min(times["small", True])
+    big_main, big_guarded = min(times["big", False]), min(times["big", True])
     raw = "; ".join(f"{kind} {'guarded' if g else 'main'} {[round(t, 2) for t in ts]}"
                     for (kind, g), ts in times.items())
     print(f"egress guard raw seconds: {raw}", file=sys.stderr)
     return [
-        Result(benchmark="egress_guard", figure=f"{SMALL_JOBS} small clips, guarded, s", value=small_guarded,
+        Result(benchmark="egress_guard", figure=f"{SMALL_JOBS // ROUNDS} small clips, guarded, s (best of {ROUNDS})",
+               value=small_guarded,
                anchor="the same as main ran them, s", anchor_value=small_main, unit="s",
                note="lower is better; goal <= 1.05; yt-dlp + ffprobe + thumbnail per clip"),
-        Result(benchmark="egress_guard", figure=f"200 MB file, guarded, s (mean of {ROUNDS})", value=big_guarded,
+        Result(benchmark="egress_guard", figure=f"200 MB file, guarded, s (best of {ROUNDS})", value=big_guarded,
                anchor="the same as main ran it, s", anchor_value=big_main, unit="s",
                note="lower is better; goal <= 1.05"),
     ]
