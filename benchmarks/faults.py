@@ -125,10 +125,16 @@ class Stack:
         threading.Thread(target=loop, daemon=True, name="supervisor").start()
 
     def _stalled(self) -> bool:
+        import socket
+
         from mediastore import liveness
 
+        # Judge the worker this supervisor runs, not every report in Redis: a worker killed or stopped while
+        # stalled leaves its last report for up to REPORT_TTL, and judging it again restarted healthy
+        # successors, one after another.
+        hostname = self.worker.name.replace("%h", socket.gethostname())
         try:
-            found = liveness.workers_health()
+            found = liveness.workers_health(hostname=hostname)
         except Exception:  # the broker is down on purpose: nothing to judge
             return False
         return found is not None and any(not v.healthy and "stalled" in v.reason for v in found[1])

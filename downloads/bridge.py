@@ -123,6 +123,36 @@ def _original(module: str, name: str) -> Any:
     return monkey.get_original(module, name)
 
 
+def native_logging_locks() -> None:
+    """Give ``logging`` native locks: its handlers are shared by task greenlets and the loop's native threads.
+
+    After monkey-patching, a handler's lock (``Handler.createLock``: ``threading.RLock()``) and the module
+    lock are backed by gevent semaphores. When a native thread (the loop thread, whose hub never runs, or a
+    ``_NativeThreadPool`` thread) releases one while a greenlet waits for it, the wake-up can be lost
+    (gevent/gevent#2013, #1744): the greenlet stays parked although the lock is free. The consumer greenlet
+    parked that way inside Celery's "Task ... received" log line, and the worker took nothing more while
+    its slots were free and the queue filled. A native lock is held only for one emit, never across a
+    greenlet switch, so blocking the hub for it is harmless.
+    """
+    import logging
+
+    native_rlock = _original("_thread", "RLock")
+    if getattr(logging.Handler, "_mediastore_native_lock", False):
+        return
+
+    def create_lock(self: logging.Handler) -> None:
+        self.lock = native_rlock()
+        logging._register_at_fork_reinit_lock(self)  # type: ignore[attr-defined]
+
+    logging.Handler.createLock = create_lock  # type: ignore[method-assign]
+    logging.Handler._mediastore_native_lock = True  # type: ignore[attr-defined]
+    logging._lock = native_rlock()  # type: ignore[attr-defined]
+    for ref in list(logging._handlerList):  # type: ignore[attr-defined]
+        handler = ref()
+        if handler is not None:
+            handler.lock = native_rlock()
+
+
 # --- Native pieces for the loop thread --------------------------------------------------------------------
 
 
@@ -404,6 +434,7 @@ class Bridge:
         import gevent
 
         global _main_hub_loop, _main_thread_ident
+        native_logging_locks()  # before the loop thread can log
         _main_hub_loop = gevent.get_hub().loop
         _main_thread_ident = _original("_thread", "get_ident")()
         import asyncio.unix_events as unix_events

@@ -64,10 +64,14 @@ class Reporter:
         if self._client is None:
             return
         now = time.time()
-        if queue_length(self._client):
-            self.queued_since = self.queued_since or now
-        else:
+        try:
+            waiting = queue_length(self._client)
+        except Exception:
+            # The broker is away: how long tasks have waited is unknown, so counting starts again when it
+            # is back (else a worker that took nothing because nothing could be taken would read as stalled).
             self.queued_since = None
+            raise
+        self.queued_since = (self.queued_since or now) if waiting else None
         state = {"hostname": self.hostname, "pid": os.getpid(), "at": now, "started": self.started,
                  "last_received": self.last_received, "last_full": self.last_full, "active": active,
                  "concurrency": self.concurrency, "queued_since": self.queued_since}

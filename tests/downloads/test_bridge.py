@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -213,3 +214,31 @@ def test_a_reaped_child_is_forgotten_so_a_hard_limit_cannot_kill_a_reused_pid():
         running.wait()
         bridge._run_state.reset(token)
     assert state.children == set()
+
+
+_NATIVE_LOCKS_PROBE = """
+import gevent.monkey
+gevent.monkey.patch_all()
+import _thread, logging, sys
+old = logging.StreamHandler(sys.stderr)
+assert not isinstance(old.lock, _thread.RLock)  # patched: a gevent-backed lock
+from downloads import bridge
+bridge.native_logging_locks()
+new = logging.StreamHandler(sys.stderr)
+assert isinstance(old.lock, _thread.RLock), type(old.lock)
+assert isinstance(new.lock, _thread.RLock), type(new.lock)
+assert isinstance(logging._lock, _thread.RLock), type(logging._lock)
+logging.getLogger("probe").addHandler(new)
+logging.getLogger("probe").warning("still logs")
+print("ok")
+"""
+
+
+def test_logging_locks_are_native_in_a_patched_worker():
+    # A greenlet waiting on a gevent-backed handler lock that a native thread releases can stay parked for
+    # good (gevent/gevent#2013): the consumer greenlet of the worker did, in "Task ... received".
+    done = subprocess.run([os.environ.get("PYTHON", sys.executable), "-c", _NATIVE_LOCKS_PROBE],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+    assert "still logs" in done.stderr

@@ -103,3 +103,19 @@ def test_the_last_report_of_a_dead_worker_is_gone_not_stalled(settings):
 
     assert liveness._judge(last_report, queued=12, now=now).healthy
     assert "has not reported" in liveness._judge(last_report, queued=12, now=now + 20).reason
+
+
+def test_a_broker_outage_restarts_the_count_of_how_long_tasks_have_waited():
+    from unittest import mock
+
+    reporter = liveness.Reporter(hostname="celery@w3", concurrency=2)
+    reporter._client = mock.Mock(llen=mock.Mock(return_value=5))
+    reporter.report(active=0)
+    first_seen = reporter.queued_since
+    reporter._client.llen.side_effect = redis.ConnectionError("refused")
+
+    with pytest.raises(redis.ConnectionError):
+        reporter.report(active=0)
+
+    assert first_seen is not None
+    assert reporter.queued_since is None
