@@ -19,7 +19,7 @@ import ipaddress
 import json
 import socket
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -30,7 +30,6 @@ _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 _IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
 _NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
-_SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
 _TEREDO = ipaddress.ip_network("2001::/32")
 
 # Demuxers ffmpeg and ffprobe may use on anything a source gave us. Playlists (hls, concat, m3u), images,
@@ -61,7 +60,7 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | Non
 @dataclass(frozen=True)
 class Policy:
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    hosts: tuple[str, ...] = field(default=())
+    hosts: tuple[str, ...] = ()
 
     @classmethod
     def build(cls, *, networks: list[str] | tuple[str, ...], hosts: list[str] | tuple[str, ...]) -> Policy:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -20,10 +21,15 @@ def kill_group(pid: int) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+@functools.cache
+def _prlimit() -> str | None:
+    return shutil.which("prlimit")  # a PATH search: once per process, not per ffprobe/ffmpeg run
+
+
 def memory_limited(argv: list[str]) -> list[str]:
     """``argv`` under ``MEDIA_CHILD_MEMORY`` of address space, through util-linux's prlimit (an exec, not a
     preexec_fn: the loop thread must not run Python between fork and exec)."""
-    prlimit = shutil.which("prlimit")
+    prlimit = _prlimit()
     if prlimit is None or not settings.MEDIA_CHILD_MEMORY:
         return argv
     return [prlimit, f"--as={settings.MEDIA_CHILD_MEMORY}", "--", *argv]

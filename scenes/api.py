@@ -130,7 +130,7 @@ def _owned(queryset: QuerySet[Any], user: User, pk: str | None) -> Any:
     never a 403."""
     if pk is None:
         return None
-    if selectors.reach(user=user, permission=f"scenes.change_{queryset.model._meta.model_name}") is not None:
+    if _reach(user, "update", queryset.model._meta.model_name) is not None:
         queryset = queryset.filter(owner=user)
     try:
         return queryset.get(pk=pk)
@@ -207,10 +207,12 @@ class MediaStoreView(APIView):
         return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": f"/api/v1/scenes/{scene.pk}"})
 
 
-# Which permission lets staff act on other users' scenes and projects, per API action (as in the admin).
-_SCENE_PERMISSIONS = {"list": "scenes.view_scene", "retrieve": "scenes.view_scene",
-                      "destroy": "scenes.delete_scene", "retry": "scenes.requeue_scene"}
-_PROJECT_ACTIONS = {"partial_update": "change", "update": "change", "destroy": "delete"}
+# Which permission (as in the admin) lets staff act on other users' scenes and projects, per API action.
+_STAFF_VERBS = {"partial_update": "change", "update": "change", "destroy": "delete", "retry": "requeue"}
+
+
+def _reach(user: User, action: str | None, model: str) -> User | None:
+    return selectors.reach(user=user, permission=f"scenes.{_STAFF_VERBS.get(action or '', 'view')}_{model}")
 
 
 @extend_schema_view(
@@ -235,8 +237,7 @@ class SceneViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, mixins.Dest
         if status_filter is not None and status_filter not in Scene.Status.values:
             raise ApiError(status_code=400, code="invalid", message="Unknown status.",
                            fields={"status": [f"Choose one of {', '.join(Scene.Status.values)}."]})
-        permission = _SCENE_PERMISSIONS.get(self.action or "", "scenes.view_scene")
-        return selectors.scene_list(owner=selectors.reach(user=user, permission=permission), status=status_filter,
+        return selectors.scene_list(owner=_reach(user, self.action, "scene"), status=status_filter,
                                     project_id=self.request.query_params.get("project") or None)
 
     def perform_destroy(self, instance: Scene) -> None:
@@ -274,8 +275,7 @@ class ProjectViewSet(viewsets.ModelViewSet[Project]):
             return Project.objects.none()
         user = self.request.user
         assert isinstance(user, User)
-        permission = f"scenes.{_PROJECT_ACTIONS.get(self.action, 'view')}_project"
-        return selectors.project_list(owner=selectors.reach(user=user, permission=permission))
+        return selectors.project_list(owner=_reach(user, self.action, "project"))
 
     def perform_create(self, serializer: serializers.BaseSerializer[Project]) -> None:
         user = self.request.user

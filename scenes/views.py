@@ -54,8 +54,7 @@ class SceneFileView(APIView):
         user = request.user
         assert isinstance(user, User)
         owner = selectors.reach(user=user, permission="scenes.view_scene")
-        scenes = Scene.objects.all() if owner is None else Scene.objects.filter(owner=owner)
-        scene = scenes.filter(pk=scene_id).first()
+        scene = selectors.scene_list(owner=owner).filter(pk=scene_id).first()
         if scene is None:
             raise exceptions.NotFound()
         key = scene.storage_key if kind == "media" else scene.thumbnail_key

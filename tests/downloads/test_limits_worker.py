@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 
-from downloads.tasks import download_media_task
-from scenes import services
 from scenes.models import Scene
+from tests.harness import scene_states
 from tests.harness.media import MediaFiles
-from tests.harness.processes import wait_until
 from tests.harness.services import r2_env
 
 LIMITS = {"MEDIA_MAX_FILESIZE": "10M", "MEDIA_SOCKET_TIMEOUT": "3", "MEDIA_RETRY_BACKOFF": "0.2",
@@ -36,20 +34,12 @@ def worker(start_worker, s3_bucket, s3_endpoint: str, tmp_path: Path):
     return start
 
 
-def _ingest(owner, url: str, *, timeout: float = 90) -> Scene:
-    scene = services.scene_create(owner=owner, source_url=url)
-    download_media_task.delay(scene.pk)
-    wait_until(lambda: Scene.objects.get(pk=scene.pk).is_terminal, timeout=timeout, interval=0.2,
-               what=f"scene {scene.pk} to finish")
-    return Scene.objects.get(pk=scene.pk)
-
-
 def test_a_drip_source_fails_as_a_timeout_within_the_throughput_window_and_is_not_retried(worker, owner, site):
     worker(MEDIA_MIN_THROUGHPUT="4K", MEDIA_THROUGHPUT_WINDOW="4")
     url = site.drip("/drip.mp4", length=500_000, interval=0.5)
 
     started = time.monotonic()
-    scene = _ingest(owner, url)
+    scene = scene_states.ingest(owner, url)
 
     assert (scene.status, scene.error_code, scene.attempts) == (Scene.Status.FAILED, "timeout", 1)
     assert "bytes per second" in scene.error_message
@@ -59,7 +49,7 @@ def test_a_drip_source_fails_as_a_timeout_within_the_throughput_window_and_is_no
 def test_a_video_over_the_pixel_cap_fails_with_its_own_code(worker, owner, media_server):
     worker(MEDIA_MAX_PIXELS=str(320 * 240 - 1))  # the test video is 320x240
 
-    scene = _ingest(owner, media_server.url("video.mp4"))
+    scene = scene_states.ingest(owner, media_server.url("video.mp4"))
 
     assert (scene.status, scene.error_code) == (Scene.Status.FAILED, "too_many_pixels")
     assert "320x240" in scene.error_message
@@ -70,7 +60,7 @@ def test_a_title_longer_than_a_pipe_line_is_cut_not_fatal(worker, owner, site):
     url = site.route("/long-title.html", f"<html><head><title>{'T' * 200_000}</title></head><body>"
                                          '<video src="/video.mp4"></video></body></html>')
 
-    scene = _ingest(owner, url)
+    scene = scene_states.ingest(owner, url)
 
     assert scene.status == Scene.Status.COMPLETED
     assert 0 < len(scene.title) <= 500
@@ -84,7 +74,7 @@ def test_a_dash_source_whose_estimate_is_over_the_size_limit_but_real_bytes_are_
     inflated = inflated.replace("<Period", "<BaseURL>/dash/</BaseURL><Period", 1)
     url = site.route("/inflated.mpd", inflated, content_type="application/dash+xml")
 
-    scene = _ingest(owner, url)
+    scene = scene_states.ingest(owner, url)
 
     assert scene.status == Scene.Status.COMPLETED, scene.error_message
     assert scene.size_bytes < 10 * 1024 * 1024
@@ -94,7 +84,7 @@ def test_a_file_of_one_repeated_block_is_not_media(worker, owner, site):
     worker()
     url = site.route("/repeated.mp4", os.urandom(32) * 6400, content_type="video/mp4")
 
-    scene = _ingest(owner, url)
+    scene = scene_states.ingest(owner, url)
 
     assert (scene.status, scene.error_code) == (Scene.Status.FAILED, "invalid_media")
 
@@ -104,6 +94,6 @@ def test_a_manifest_over_its_size_limit_is_refused_before_it_is_parsed(worker, o
     body = "#EXTM3U\n#EXT-X-TARGETDURATION:1\n" + "#EXTINF:1,\nmissing.ts\n" * 100_000 + "#EXT-X-ENDLIST\n"
     url = site.route("/huge.m3u8", body, content_type="application/vnd.apple.mpegurl")
 
-    scene = _ingest(owner, url)
+    scene = scene_states.ingest(owner, url)
 
     assert (scene.status, scene.error_code) == (Scene.Status.FAILED, "too_large")

@@ -15,9 +15,9 @@ from django.utils import timezone
 from downloads.tasks import download_media_task
 from scenes import services
 from scenes.models import Scene
+from tests.harness import scene_states
 from tests.harness.faults import FaultProxy, is_upload_part
 from tests.harness.media import MediaServer
-from tests.harness.processes import wait_until
 from tests.harness.services import r2_env
 
 LIMITS = {
@@ -57,18 +57,6 @@ def owner(transactional_db):
     return get_user_model().objects.create_user("pipeline-owner")
 
 
-def _ingest(owner, url: str, *, timeout: float = 90) -> Scene:
-    scene = services.scene_create(owner=owner, source_url=url)
-    download_media_task.delay(scene.pk)
-    return _wait_terminal(scene.pk, timeout=timeout)
-
-
-def _wait_terminal(scene_id: str, *, timeout: float) -> Scene:
-    wait_until(lambda: Scene.objects.get(pk=scene_id).is_terminal, timeout=timeout, interval=0.2,
-               what=f"scene {scene_id} to finish")
-    return Scene.objects.get(pk=scene_id)
-
-
 def _keys(bucket) -> list[str]:
     client, name = bucket
     return sorted(item["Key"] for item in client.list_objects_v2(Bucket=name).get("Contents", []))
@@ -100,7 +88,7 @@ def test_media_is_stored_with_metadata_and_thumbnail(s3_worker, owner, bucket, m
                                                     job_tmp: Path, tmp_path: Path, path: str):
     s3_worker()
 
-    scene = _ingest(owner, media_server.url(path))
+    scene = scene_states.ingest(owner, media_server.url(path))
 
     assert (scene.status, scene.error_code, scene.error_message) == (Scene.Status.COMPLETED, "", "")
     assert scene.storage_key == f"scenes/{scene.pk}/media.mp4"
@@ -118,7 +106,7 @@ def test_media_is_stored_with_metadata_and_thumbnail(s3_worker, owner, bucket, m
 def test_audio_only_is_stored_without_thumbnail(s3_worker, owner, bucket, media_server: MediaServer, job_tmp: Path):
     s3_worker()
 
-    scene = _ingest(owner, media_server.url("audio.m4a"))
+    scene = scene_states.ingest(owner, media_server.url("audio.m4a"))
 
     assert scene.status == Scene.Status.COMPLETED
     assert scene.thumbnail_key == ""
@@ -132,7 +120,7 @@ def test_permanent_source_errors_fail_with_their_code(s3_worker, owner, bucket, 
                                                      job_tmp: Path, path: str, code: str):
     s3_worker()
 
-    scene = _ingest(owner, media_server.url(path))
+    scene = scene_states.ingest(owner, media_server.url(path))
 
     assert (scene.status, scene.error_code, scene.attempts) == (Scene.Status.FAILED, code, 1)
     assert media_server.url(path).split("/")[-1].split(".")[0] in scene.error_message
@@ -145,7 +133,7 @@ def test_oversize_media_fails_too_large_and_stores_nothing(s3_worker, owner, buc
                                                           job_tmp: Path, path: str):
     s3_worker(MEDIA_MAX_FILESIZE="2M")
 
-    scene = _ingest(owner, media_server.url(path))
+    scene = scene_states.ingest(owner, media_server.url(path))
 
     assert (scene.status, scene.error_code) == (Scene.Status.FAILED, "too_large")
     assert "2097152" in scene.error_message
@@ -156,7 +144,7 @@ def test_oversize_media_fails_too_large_and_stores_nothing(s3_worker, owner, buc
 def test_stalling_source_is_retried_then_fails(s3_worker, owner, bucket, media_server: MediaServer, job_tmp: Path):
     s3_worker()
 
-    scene = _ingest(owner, media_server.url("stall.mp4"), timeout=120)
+    scene = scene_states.ingest(owner, media_server.url("stall.mp4"), timeout=120)
 
     assert scene.status == Scene.Status.FAILED
     assert scene.error_code in {"timeout", "network_error"}
@@ -188,7 +176,7 @@ def test_throttled_download_reports_progress(s3_worker, owner, bucket, media_ser
 
 def test_running_the_task_twice_stores_one_copy(s3_worker, owner, bucket, media_server: MediaServer, job_tmp: Path):
     s3_worker()
-    scene = _ingest(owner, media_server.url("video.mp4"))
+    scene = scene_states.ingest(owner, media_server.url("video.mp4"))
     first_completed_at = scene.completed_at
 
     outcome = download_media_task.delay(scene.pk).get(timeout=60)
@@ -219,7 +207,7 @@ def test_local_folder_storage_stores_media(start_worker, owner, media_server: Me
                                            job_tmp: Path, path: str):
     start_worker(env={**LIMITS, "TMPDIR": str(job_tmp)})
 
-    scene = _ingest(owner, media_server.url(path))
+    scene = scene_states.ingest(owner, media_server.url(path))
 
     media_root = tmp_path / "worker-data" / "media"
     assert scene.status == Scene.Status.COMPLETED
@@ -241,7 +229,7 @@ def test_s3_answering_503_twice_then_200_completes(s3_worker, owner, bucket, fau
     fault_proxy.fail(503, times=2, when=is_upload_part)
     s3_worker(R2_ENDPOINT_URL=fault_proxy.url)
 
-    scene = _ingest(owner, media_server.url("video.mp4"))
+    scene = scene_states.ingest(owner, media_server.url("video.mp4"))
 
     assert scene.status == Scene.Status.COMPLETED
     assert [status for _, _, status in fault_proxy.injected] == [503, 503]
@@ -254,7 +242,7 @@ def test_s3_refusing_with_403_fails_storage_error_without_retry(s3_worker, owner
     fault_proxy.fail(403, times=100, when=is_upload_part)
     s3_worker(R2_ENDPOINT_URL=fault_proxy.url)
 
-    scene = _ingest(owner, media_server.url("video.mp4"))
+    scene = scene_states.ingest(owner, media_server.url("video.mp4"))
 
     assert (scene.status, scene.error_code, scene.attempts) == (Scene.Status.FAILED, "storage_error", 1)
     assert "AccessDenied" in scene.error_message
@@ -267,7 +255,7 @@ def test_file_without_media_streams_fails_invalid_media(s3_worker, owner, bucket
                                                        job_tmp: Path):
     s3_worker()
 
-    scene = _ingest(owner, media_server.url("not-media.mp4"))
+    scene = scene_states.ingest(owner, media_server.url("not-media.mp4"))
 
     assert (scene.status, scene.error_code) == (Scene.Status.FAILED, "invalid_media")
     assert _keys(bucket) == []

@@ -29,3 +29,16 @@ def complete(*, scene_id: str, storage_key: str, **metadata: Any) -> None:
     attempt = Scene.objects.get(pk=scene_id).attempts
     assert async_to_sync(lifecycle.complete)(scene_id=scene_id, attempt=attempt,
                                              fields={"storage_key": storage_key, **metadata})
+
+
+def ingest(owner: Any, url: str, *, timeout: float = 90) -> Scene:
+    """Create a scene for ``url``, send its task to the test's worker, and return it once it has ended."""
+    from downloads.tasks import download_media_task
+    from scenes import services
+    from tests.harness.processes import wait_until
+
+    scene = services.scene_create(owner=owner, source_url=url)
+    download_media_task.delay(scene.pk)
+    wait_until(lambda: Scene.objects.get(pk=scene.pk).is_terminal, timeout=timeout, interval=0.2,
+               what=f"scene {scene.pk} to finish")
+    return Scene.objects.get(pk=scene.pk)
