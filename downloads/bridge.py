@@ -72,6 +72,7 @@ SOFT_LIMIT = "soft_limit"
 HARD_LIMIT = "hard_limit"
 SHUTDOWN = "shutdown"
 MOVED = "moved"  # the run itself found that its work is no longer its own
+CANCELLED = "cancelled"  # a person cancelled the scene the run works on
 
 
 class _RunState:
@@ -100,6 +101,24 @@ def cancel_current(reason: str) -> None:
     state = _run_state.get(None)
     if state is not None:
         state.cancel(reason)
+
+
+class RunHandle:
+    """Lets other code on the loop (the cancel listener) cancel one run, for a reason."""
+
+    def __init__(self, state: _RunState) -> None:
+        self._state = state
+
+    def cancel(self, reason: str) -> None:
+        """On the loop thread: cancel the run and kill its subprocess groups at once."""
+        self._state.cancel(reason)
+        kill_process_groups(self._state.children)
+
+
+def current_run() -> RunHandle | None:
+    """The run this code belongs to, as a handle others can cancel it by."""
+    state = _run_state.get(None)
+    return RunHandle(state) if state is not None else None
 
 
 def cancel_reason() -> str | None:
@@ -630,6 +649,33 @@ def every(interval: float, job: Callable[[], object], *, name: str) -> Callable[
 
     greenlet = gevent.spawn(loop)
     return lambda: greenlet.kill(block=False)
+
+
+def background(factory: Callable[[], Coroutine[Any, Any, object]], *, name: str) -> Callable[[], None]:
+    """Run ``factory()`` on the bridge's loop for the worker's life (the cancel listener); an error is logged.
+    Returns a stop function, which cancels it."""
+    loop = bridge.start()
+    task_box: list[asyncio.Task[object]] = []
+
+    async def guarded() -> object:
+        try:
+            return await factory()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("%s stopped with an error", name)
+            return None
+
+    def start() -> None:
+        task_box.append(loop.create_task(guarded(), name=name))
+
+    loop.call_soon_threadsafe(start)
+
+    def stop() -> None:
+        if task_box and not loop.is_closed():
+            loop.call_soon_threadsafe(task_box[0].cancel)
+
+    return stop
 
 
 def later(delay: float, job: Callable[[], object]) -> None:

@@ -131,7 +131,14 @@ def _resolve(host: str, port: int) -> list[str]:
 
 
 def check_url(url: str, *, policy: Policy, resolve: Resolver | None = None) -> str:
-    """The URL (stripped) when it may be fetched now; raise ``InvalidUrl`` or ``UrlNotAllowed``.
+    """The URL (stripped) when it may be fetched now; see ``allowed_addresses``."""
+    return allowed_addresses(url, policy=policy, resolve=resolve)[0]
+
+
+def allowed_addresses(url: str, *, policy: Policy, resolve: Resolver | None = None) -> tuple[str, list[str]]:
+    """The URL (stripped) and the addresses its host resolves to, when it may be fetched now; raise
+    ``InvalidUrl`` or ``UrlNotAllowed``. A caller that connects itself connects to these addresses, not to a
+    second lookup of the name (which could answer differently: rebinding).
 
     Absolute ``http``/``https`` only, at most 2048 characters, a host, no leading ``-``, no credentials, and
     every address the host resolves to allowed by ``policy``. Decimal (``2130706433``) and IPv6 forms are
@@ -166,4 +173,4 @@ def check_url(url: str, *, policy: Policy, resolve: Resolver | None = None) -> s
         raise Unresolvable(f"The host {host!r} could not be resolved.")
     if not all(policy.address_allowed(address) for address in addresses):
         raise UrlNotAllowed(f"The host {host!r} points to an address this server does not fetch from.")
-    return url
+    return url, addresses

@@ -25,7 +25,7 @@ from typing import Any
 
 from django.conf import settings
 
-from downloads import bridge, egress, media, storage, ytdlp
+from downloads import bridge, cancels, egress, media, storage, ytdlp
 from downloads.exceptions import (
     DiskFullError,
     DownloadTimeoutError,
@@ -114,6 +114,11 @@ async def ingest(*, scene_id: str) -> str:
         logger.info("ingest %s: nothing to do (%s)", scene_id, claim.reason)
         return claim.reason
     logger.info("ingest %s: %s, attempt %d", scene_id, claim.reason, claim.attempts)
+    with cancels.cancellable(scene_id):
+        return await _ingest_claimed(scene_id, claim)
+
+
+async def _ingest_claimed(scene_id: str, claim: lifecycle.Claim) -> str:
     try:
         # The temp folder is gone before the scene's final status is written, so whoever sees
         # "completed" or "failed" also sees the clean-up done.
@@ -146,9 +151,9 @@ async def _cancelled(scene_id: str, claim: lifecycle.Claim) -> str:
         return await _failed(scene_id, claim, DownloadTimeoutError(
             f"The job ran past its time limit ({settings.CELERY_TASK_SOFT_TIME_LIMIT:g} s) and was stopped."),
             retry=False)
-    if reason == bridge.MOVED:
+    if reason in (bridge.MOVED, bridge.CANCELLED):
         task.uncancel()
-        return await _moved(scene_id, "stopped:")
+        return await _moved(scene_id, claim, "stopped:")
     if reason == bridge.HARD_LIMIT:
         # Shielded: the greenlet gives the run a short grace to write this, and nothing may cut it short.
         with contextlib.suppress(TimeoutError):
@@ -288,10 +293,17 @@ async def _complete(scene_id: str, claim: lifecycle.Claim, fields: dict[str, Any
     if await lifecycle.complete(scene_id=scene_id, attempt=claim.attempts, fields=fields):
         logger.info("ingest %s: completed", scene_id)
         return "completed"
-    return await _moved(scene_id, "stored, but")
+    return await _moved(scene_id, claim, "stored, but")
 
 
-async def _moved(scene_id: str, what: str) -> str:
+async def _moved(scene_id: str, claim: lifecycle.Claim, what: str) -> str:
+    """A write of the run matched nothing: a cancel waits (then the run ends it: what it stored goes, the
+    scene becomes ``cancelled``), or the scene was deleted or taken over."""
+    if await lifecycle.cancel_waiting(scene_id=scene_id, attempt=claim.attempts):
+        await asyncio.shield(_discard_stored(scene_id))
+        if await asyncio.shield(lifecycle.cancelled(scene_id=scene_id, attempt=claim.attempts)):
+            logger.info("ingest %s: %s cancelled on request", scene_id, what)
+            return "cancelled"
     if not await lifecycle.exists(scene_id=scene_id):
         # Deleted while we worked: its delete task may have run before our upload. The task that ran us
         # sends another one (``deleted``), which retries until the store has nothing left of the scene.
@@ -329,11 +341,11 @@ async def _failed(scene_id: str, claim: lifecycle.Claim, error: MediastoreError,
                        attempts, settings.MEDIA_MAX_ATTEMPTS - 1, countdown)
         if await lifecycle.retry_later(scene_id=scene_id, attempt=attempts, code=error.code, message=error.message):
             raise RetryLater(error, countdown)
-        return await _moved(scene_id, f"{error.code}, and")
+        return await _moved(scene_id, claim, f"{error.code}, and")
     logger.warning("ingest %s: failed with %s: %s", scene_id, error.code, error.message)
     if await lifecycle.fail(scene_id=scene_id, attempt=attempts, code=error.code, message=error.message):
         return "failed"
-    return await _moved(scene_id, f"{error.code}, and")
+    return await _moved(scene_id, claim, f"{error.code}, and")
 
 
 async def delete_objects(*, scene_id: str) -> int:

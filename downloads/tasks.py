@@ -15,7 +15,7 @@ from celery.utils.log import get_task_logger
 from django.conf import settings
 from django.db import close_old_connections
 
-from downloads import bridge, pipeline
+from downloads import bridge, cancels, pipeline
 from downloads.asynctask import AsyncTask
 from mediastore import liveness
 from mediastore.celery import app as celery_app
@@ -55,6 +55,7 @@ def _worker_ready(sender: Any = None, **_: Any) -> None:
     # periodically: no cron, no extra process, and it runs wherever work can run. Two workers sweeping at
     # once is harmless: every change is a conditional update.
     _background.append(bridge.every(settings.MEDIA_SWEEP_INTERVAL, _sweep, name="sweeper"))
+    _background.append(bridge.background(cancels.listen, name="cancel listener"))
 
 
 @task_received.connect
@@ -71,11 +72,12 @@ def _report() -> None:
 
 
 def _sweep() -> None:
-    from scenes import services
+    from scenes import services, webhooks
 
     try:
         services.scenes_sweep()
         services.uploads_sweep()
+        webhooks.webhooks_sweep()
     finally:
         close_old_connections()
 

@@ -105,6 +105,20 @@ def env_duration(name: str, default: float) -> float:
     return seconds
 
 
+def env_durations(name: str, default: list[str]) -> list[float]:
+    """A comma-separated list of durations (``"5s,5m,2h"``), each greater than zero."""
+    seconds = []
+    for text in env_list(name, default):
+        try:
+            value = parse_duration(text)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {text!r} is not a duration such as 90, 90s, 30m or 4h") from None
+        if value <= 0:
+            raise ImproperlyConfigured(f"{name}: every delay must be greater than zero, got {text!r}")
+        seconds.append(value)
+    return seconds
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     value = _raw(name)
     if value is None:

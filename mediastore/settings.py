@@ -18,6 +18,7 @@ from mediastore.databases import database_config
 from mediastore.env import (
     env_bool,
     env_duration,
+    env_durations,
     env_int,
     env_list,
     env_optional_str,
@@ -278,6 +279,19 @@ MEDIA_ALLOWED_NETWORKS = [str(ipaddress.ip_network(n, strict=False)) for n in ME
 # When set, only these domains (and their subdomains) may be submitted.
 MEDIA_ALLOWED_HOSTS = env_list("MEDIA_ALLOWED_HOSTS", [])
 MEDIA_STORE_RATE = env_str("MEDIA_STORE_RATE", "60/min")
+
+# --- Live messages (cancels, the live stream) -----------------------------------------------------------
+# Redis for messages that are not tasks; the broker's by default.
+REDIS_URL = env_url("REDIS_URL", CELERY_BROKER_URL, schemes=("redis", "rediss"))
+
+# --- Webhooks -------------------------------------------------------------------------------------------
+# Seconds between a failed delivery and its next attempt; after the last one the delivery fails and its
+# endpoint is marked failing. Each delay gets ±20 % jitter. The default: 8 attempts over about 27 hours.
+WEBHOOK_RETRY_DELAYS = env_durations("WEBHOOK_RETRY_DELAYS", ["5s", "5m", "30m", "2h", "5h", "10h", "10h"])
+# One attempt's whole budget (connect, send, answer); a slow receiver costs a delivery slot, never a job.
+WEBHOOK_TIMEOUT = env_duration("WEBHOOK_TIMEOUT", 10)
+# After a secret is rotated, deliveries are signed with the old one too for this long.
+WEBHOOK_ROTATION_OVERLAP = env_duration("WEBHOOK_ROTATION_OVERLAP", 24 * 3600)
 
 # --- Logging --------------------------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

@@ -21,8 +21,8 @@ from rest_framework.views import APIView, exception_handler
 
 from scenes import selectors, services
 from scenes.lifecycle import SceneStateConflict
-from scenes.links import media_url, thumbnail_url
 from scenes.models import Project, Scene
+from scenes.serializers import SceneSerializer
 from scenes.validators import UrlRejected, validate_media_url
 
 
@@ -87,28 +87,6 @@ class Pagination(PageNumberPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 200
-
-
-class SceneSerializer(serializers.ModelSerializer[Scene]):
-    project = serializers.CharField(source="project_id", read_only=True, allow_null=True)
-    media_url = serializers.SerializerMethodField()
-    thumbnail_url = serializers.SerializerMethodField()
-
-    class Meta:
-        model = Scene
-        fields = [
-            "id", "project", "source_url", "status", "stage", "progress", "title", "duration", "width",
-            "height", "size_bytes", "video_codec", "audio_codec", "content_type", "storage_key", "media_url",
-            "thumbnail_key", "thumbnail_url", "error_code", "error_message", "attempts", "task_id",
-            "created_at", "started_at", "completed_at", "updated_at",
-        ]
-        read_only_fields = fields
-
-    def get_media_url(self, scene: Scene) -> str | None:
-        return media_url(scene, request=self.context.get("request"))
-
-    def get_thumbnail_url(self, scene: Scene) -> str | None:
-        return thumbnail_url(scene, request=self.context.get("request"))
 
 
 class StoreSerializer(serializers.Serializer[Any]):
@@ -208,7 +186,8 @@ class MediaStoreView(APIView):
 
 
 # Which permission (as in the admin) lets staff act on other users' scenes and projects, per API action.
-_STAFF_VERBS = {"partial_update": "change", "update": "change", "destroy": "delete", "retry": "requeue"}
+_STAFF_VERBS = {"partial_update": "change", "update": "change", "destroy": "delete", "retry": "requeue",
+                "cancel": "change"}
 
 
 def _reach(user: User, action: str | None, model: str) -> User | None:
@@ -222,6 +201,8 @@ def _reach(user: User, action: str | None, model: str) -> User | None:
     retrieve=extend_schema(responses={200: SceneSerializer, **_errors()}),
     destroy=extend_schema(responses={204: None, **_errors()}),
     retry=extend_schema(request=None, responses={202: SceneSerializer, **_errors(409, 422, 429)}),
+    cancel=extend_schema(request=None, responses={202: SceneSerializer, **_errors(409)},
+                         summary="Cancel a scene: a queued one at once, a processing one within seconds"),
 )
 class SceneViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, mixins.DestroyModelMixin,
                    viewsets.GenericViewSet[Scene]):
@@ -255,6 +236,19 @@ class SceneViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, mixins.Dest
         except SceneStateConflict as conflict:
             raise ApiError(status_code=409, code="conflict",
                            message=f"Only failed scenes can be retried; this one is {scene.status}.") from conflict
+        return Response(self.get_serializer(scene).data, status=status.HTTP_202_ACCEPTED)
+
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        """202: the scene is ``cancelled`` (it was queued), or still ``processing`` with
+        ``cancel_requested_at`` set until its worker has stopped it (a couple of seconds)."""
+        scene = self.get_object()
+        try:
+            scene = services.scene_cancel(scene=scene)
+        except SceneStateConflict as conflict:
+            raise ApiError(status_code=409, code="conflict",
+                           message=f"Only queued or processing scenes can be cancelled; this one is "
+                                   f"{scene.status}.") from conflict
         return Response(self.get_serializer(scene).data, status=status.HTTP_202_ACCEPTED)
 
 

@@ -46,6 +46,7 @@ class Scene(ObjectIdModel):
         PROCESSING = "processing", "Processing"
         COMPLETED = "completed", "Completed"
         FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
 
     class Stage(models.TextChoices):
         NONE = "", "—"
@@ -53,7 +54,7 @@ class Scene(ObjectIdModel):
         POSTPROCESSING = "postprocessing", "Post-processing"
         UPLOADING = "uploading", "Uploading"
 
-    TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED})
+    TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, null=True, blank=True, related_name="scenes")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="scenes")
@@ -85,6 +86,9 @@ class Scene(ObjectIdModel):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # Set while a processing scene waits for its worker to stop (a cancel); the worker's writes are
+    # conditional on it being empty, so a cancel and a completion cannot both win.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
     # Also the worker's heartbeat while processing: the stuck-job sweeper reads it.
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -122,3 +126,82 @@ class PendingDeletion(ObjectIdModel):
 
     scene_id = models.CharField(max_length=24, unique=True)
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+
+class WebhookEndpoint(ObjectIdModel):
+    """Where a user wants to hear of their scenes' transitions: signed to the Standard Webhooks spec."""
+
+    class Event(models.TextChoices):
+        PROCESSING = "scene.processing", "scene.processing"
+        COMPLETED = "scene.completed", "scene.completed"
+        FAILED = "scene.failed", "scene.failed"
+        CANCELLED = "scene.cancelled", "scene.cancelled"
+        DELETED = "scene.deleted", "scene.deleted"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_endpoints")
+    # Only this project's scenes; empty: all of the owner's.
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, null=True, blank=True, related_name="+")
+    url = models.URLField(max_length=2048)
+    description = models.CharField(max_length=200, blank=True)
+    events = models.JSONField(default=list)  # Event values; empty: every event
+    secret = models.CharField(max_length=100)
+    # The secret before the last rotation, still signed with until it expires: receivers switch at leisure.
+    previous_secret = models.CharField(max_length=100, blank=True)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    # Set when a delivery used up its retries; cleared by the next success.
+    failing_since = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.url
+
+    def wants(self, event: str) -> bool:
+        return not self.events or event in self.events
+
+
+class WebhookDelivery(ObjectIdModel):
+    """One event for one endpoint; its id is the ``webhook-id`` (the receiver's idempotency key). Recorded
+    in the transaction of the transition it announces, so a broker that is down loses nothing: the sweeper
+    sends what is due."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"  # waiting for its (next) attempt at next_attempt_at
+        SENDING = "sending", "Sending"  # an attempt is running; leased until next_attempt_at
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"  # retries used up
+
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=32)
+    scene_id = models.CharField(max_length=24, db_index=True)
+    payload = models.JSONField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(db_index=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="delivery_status_due_idx")]
+
+
+class WebhookAttempt(ObjectIdModel):
+    """One try of a delivery: what the receiver answered and how long it took (the delivery log)."""
+
+    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="log")
+    number = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True)  # why there was no answer (refused, timeout, …)
+    response_excerpt = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["number"]

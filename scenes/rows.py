@@ -10,22 +10,42 @@ from __future__ import annotations
 
 import datetime as dt
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models import F
 
 from downloads import bridge
 from scenes.models import Scene
 
-READ_FIELDS = ("status", "source_url", "title", "attempts", "updated_at")
+if TYPE_CHECKING:
+    from scenes.lifecycle import Announcement
+
+
+def lifecycle_record(pk: str, name: str) -> Announcement | None:
+    from scenes.lifecycle import _record
+
+    return _record(pk, name)
+
+
+def snapshot(scene: Scene, name: str) -> Announcement:
+    from scenes.lifecycle import snapshot as lifecycle_snapshot
+
+    return lifecycle_snapshot(scene, name)
+
+READ_FIELDS = ("status", "source_url", "title", "attempts", "updated_at", "cancel_requested_at")
 
 
 class SceneRows(Protocol):
     async def read(self, pk: str) -> dict[str, Any] | None: ...
     async def update(self, pk: str, *, where: dict[str, Any], changes: dict[str, Any],
-                     increment: dict[str, int] | None = None) -> int: ...
+                     increment: dict[str, int] | None = None,
+                     announce: str | None = None) -> tuple[int, Announcement | None]: ...
+
+
+Updated = tuple[int, "Announcement | None"]
 
 
 class _OrmRows:
@@ -34,9 +54,20 @@ class _OrmRows:
         return row
 
     async def update(self, pk: str, *, where: dict[str, Any], changes: dict[str, Any],
-                     increment: dict[str, int] | None = None) -> int:
+                     increment: dict[str, int] | None = None, announce: str | None = None) -> Updated:
         expressions = {name: F(name) + amount for name, amount in (increment or {}).items()}
-        return await Scene.objects.filter(pk=pk, **where).aupdate(**changes, **expressions)
+        if announce is None:
+            return await Scene.objects.filter(pk=pk, **where).aupdate(**changes, **expressions), None
+
+        def update_and_record() -> Updated:
+            # One transaction: the change, the scene read back, and the webhook deliveries it owes.
+            with transaction.atomic():
+                changed = Scene.objects.filter(pk=pk, **where).update(**changes, **expressions)
+                if changed != 1:
+                    return changed, None
+                return changed, lifecycle_record(pk, announce)
+
+        return await sync_to_async(update_and_record)()
 
 
 def _column(name: str) -> str:
@@ -44,9 +75,11 @@ def _column(name: str) -> str:
 
 
 def _mongo_condition(name: str, value: Any) -> tuple[str, Any]:
-    # The ORM-style lookups the lifecycle uses: ``status__in`` and plain equality.
+    # The ORM-style lookups the lifecycle uses: ``status__in``, ``__isnull`` and plain equality.
     if name.endswith("__in"):
         return _column(name[: -len("__in")]), {"$in": list(value)}
+    if name.endswith("__isnull"):
+        return _column(name[: -len("__isnull")]), None if value else {"$ne": None}
     return _column(name), value
 
 
@@ -66,13 +99,43 @@ class _MongoRows:
         return values
 
     async def update(self, pk: str, *, where: dict[str, Any], changes: dict[str, Any],
-                     increment: dict[str, int] | None = None) -> int:
+                     increment: dict[str, int] | None = None, announce: str | None = None) -> Updated:
         operation: dict[str, Any] = {"$set": {_column(k): v for k, v in changes.items()}}
         if increment:
             operation["$inc"] = {_column(k): v for k, v in increment.items()}
         query = {"_id": pk, **dict(_mongo_condition(k, v) for k, v in where.items())}
-        result = await (await self._collection()).update_one(query, operation)
-        return int(result.matched_count)
+        collection = await self._collection()
+        if announce is None:
+            result = await collection.update_one(query, operation)
+            return int(result.matched_count), None
+        from pymongo import ReturnDocument
+
+        from scenes import webhooks
+
+        client = (await mongo_database()).client
+        # One transaction (replica sets, Atlas): the change, the scene read back, the deliveries it owes.
+        async with client.start_session() as session, await session.start_transaction():
+            document = await collection.find_one_and_update(query, operation, return_document=ReturnDocument.AFTER,
+                                                            session=session)
+            if document is None:
+                return 0, None
+            announcement = snapshot(scene_from_document(document), announce)
+            deliveries = await webhooks.arecord_mongo(announcement, database=await mongo_database(),
+                                                      session=session)
+        for delivery_id in deliveries:
+            await sync_to_async(webhooks.send)(delivery_id)
+        return 1, announcement
+
+
+def scene_from_document(document: dict[str, Any]) -> Scene:
+    """An unsaved Scene holding a MongoDB document's fields (for the API's representation of it)."""
+    values = {}
+    for model_field in Scene._meta.concrete_fields:
+        value = document.get(str(model_field.column))
+        if isinstance(value, dt.datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)  # BSON dates are UTC
+        values[model_field.attname] = value
+    return Scene(**values)
 
 
 def _new_mongo_client() -> AbstractAsyncContextManager[Any]:

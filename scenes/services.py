@@ -121,6 +121,23 @@ def scene_requeue_failed(*, scene: Scene) -> Scene:
     return scene
 
 
+def scene_cancel(*, scene: Scene) -> Scene:
+    """Cancel a queued scene at once, or ask the worker of a processing one to stop it (it writes
+    ``cancelled`` within a couple of seconds: the live message below, or its next heartbeat). A finished
+    scene raises ``SceneStateConflict``."""
+    status = lifecycle.cancel(scene_id=scene.pk)
+    if status == Status.PROCESSING:
+        transaction.on_commit(lambda: _tell_workers_to_cancel(scene_id=scene.pk))
+    scene.refresh_from_db()
+    return scene
+
+
+def _tell_workers_to_cancel(*, scene_id: str) -> None:
+    from downloads import cancels
+
+    cancels.publish(scene_id=scene_id)
+
+
 def scene_delete(*, scene: Scene) -> None:
     """Delete the scene; its stored objects follow through a retried task (see ``_delete_objects_later``)."""
     scene.delete()
@@ -257,7 +274,9 @@ def scenes_sweep() -> SweepResult:
     requeued = worker_lost = resent = moved = 0
     for scene in selectors.scenes_stale(older_than=dt.timedelta(seconds=settings.MEDIA_STALE_AFTER)):
         try:
-            if scene_requeue_stuck(scene=scene) == Scene.Status.QUEUED:
+            if scene.cancel_requested_at is not None:  # its worker died before it could stop the job
+                lifecycle.cancel_abandoned(scene_id=scene.pk, seen_updated_at=scene.updated_at)
+            elif scene_requeue_stuck(scene=scene) == Scene.Status.QUEUED:
                 requeued += 1
             else:
                 worker_lost += 1

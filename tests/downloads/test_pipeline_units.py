@@ -215,47 +215,112 @@ async def test_s3_upload_cancelled_midway_aborts(tmp_path: Path):
 
 @pytest.fixture
 def mongo_scenes(settings):
+    """The worker's MongoDB path against a mocked PyMongo async client: one collection for every table, and
+    a session whose transaction records what ran inside it."""
     settings.DATABASE_IS_MONGODB = True
     collection = mock.AsyncMock()
+    collection.find = mock.MagicMock(return_value=_AsyncCursor([]))  # no webhook endpoints
     database = mock.MagicMock()
     database.__getitem__.return_value = collection
+    session = mock.MagicMock()
+    session.in_transaction = []
+    transaction = mock.MagicMock()
+    transaction.__aenter__ = mock.AsyncMock(side_effect=lambda: session.in_transaction.append("started"))
+    transaction.__aexit__ = mock.AsyncMock(side_effect=lambda *exc: session.in_transaction.append("committed"))
+    session.start_transaction = mock.AsyncMock(return_value=transaction)
+    session.__aenter__ = mock.AsyncMock(return_value=session)
+    session.__aexit__ = mock.AsyncMock(return_value=False)
+    database.client.start_session = mock.MagicMock(return_value=session)
     with mock.patch("scenes.rows.mongo_database", mock.AsyncMock(return_value=database)):
         yield collection, database
+
+
+class _AsyncCursor:
+    def __init__(self, documents: list[dict]) -> None:
+        self._documents = list(documents)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> dict:
+        if not self._documents:
+            raise StopAsyncIteration
+        return self._documents.pop(0)
+
+
+def _document(**fields) -> dict:
+    base = {"_id": SCENE_ID, "status": "processing", "source_url": "https://e.com/v", "title": "", "attempts": 1,
+            "owner_id": 7, "project_id": None, "stage": "downloading", "progress": 0}
+    return {**base, **fields}
 
 
 async def test_mongodb_claim_updates_by_primary_key_and_status(mongo_scenes):
     collection, database = mongo_scenes
     collection.find_one.return_value = {"_id": SCENE_ID, "status": "queued", "source_url": "https://e.com/v",
-                                        "title": "", "attempts": 0, "updated_at": None}
-    collection.update_one.return_value = mock.Mock(matched_count=1)
+                                        "title": "", "attempts": 0, "updated_at": None, "cancel_requested_at": None}
+    collection.find_one_and_update.return_value = _document()
 
     claim = await lifecycle.claim(scene_id=SCENE_ID, stale_after=300, max_attempts=3)
 
     assert claim.claimed
     assert claim.source_url == "https://e.com/v"
-    database.__getitem__.assert_called_with(Scene._meta.db_table)
+    database.__getitem__.assert_any_call(Scene._meta.db_table)
     assert collection.find_one.await_args.args[0] == {"_id": SCENE_ID}
-    query, operation = collection.update_one.await_args.args
+    query, operation = collection.find_one_and_update.await_args.args
     assert query == {"_id": SCENE_ID, "status": {"$in": ["queued"]}, "updated_at": None}
     assert operation["$inc"] == {"attempts": 1}
     assert operation["$set"]["status"] == "processing"
 
 
+async def test_mongodb_announced_change_looks_up_endpoints_and_records_deliveries_in_its_transaction(mongo_scenes):
+    collection, database = mongo_scenes
+    collection.find_one_and_update.return_value = _document(status="completed", stage="", progress=100)
+    collection.find = mock.MagicMock(return_value=_AsyncCursor([
+        {"_id": "e1", "events": ["scene.completed"]}, {"_id": "e2", "events": ["scene.failed"]},
+        {"_id": "e3", "events": []}]))
+    session = database.client.start_session.return_value
+
+    with mock.patch("scenes.webhooks.send") as send:
+        assert await lifecycle.complete(scene_id=SCENE_ID, attempt=1, fields={"storage_key": "k"})
+
+    endpoint_query = collection.find.call_args.args[0]
+    assert endpoint_query == {"owner_id": 7, "enabled": True, "project_id": {"$in": [None, None]}}
+    assert collection.find.call_args.kwargs["session"] is session
+    documents = collection.insert_many.await_args.args[0]
+    assert [d["endpoint_id"] for d in documents] == ["e1", "e3"]
+    assert {d["event"] for d in documents} == {"scene.completed"}
+    assert documents[0]["payload"]["data"]["status"] == "completed"
+    assert collection.insert_many.await_args.kwargs["session"] is session
+    assert collection.find_one_and_update.await_args.kwargs["session"] is session
+    assert session.in_transaction == ["started", "committed"]
+    # The tasks go out after the commit, one per delivery.
+    assert [c.args[0] for c in send.call_args_list] == [d["_id"] for d in documents]
+
+
 async def test_mongodb_update_that_matches_nothing_reports_failure(mongo_scenes):
     collection, _ = mongo_scenes
-    collection.update_one.return_value = mock.Mock(matched_count=0)
+    collection.find_one_and_update.return_value = None
 
     assert await lifecycle.heartbeat(scene_id=SCENE_ID, attempt=2, progress=40) is False
-    query, operation = collection.update_one.await_args.args
-    assert query == {"_id": SCENE_ID, "status": {"$in": ["processing"]}, "attempts": 2}
+    query, operation = collection.find_one_and_update.await_args.args
+    assert query == {"_id": SCENE_ID, "status": {"$in": ["processing"]}, "attempts": 2, "cancel_requested_at": None}
     assert operation["$set"]["progress"] == 40
+    collection.insert_many.assert_not_awaited()
+
+
+async def test_mongodb_plain_heartbeat_is_one_update_without_a_transaction(mongo_scenes):
+    collection, database = mongo_scenes
+    collection.update_one.return_value = mock.Mock(matched_count=1)
+
+    assert await lifecycle.heartbeat(scene_id=SCENE_ID, attempt=2) is True
+    database.client.start_session.assert_not_called()
 
 
 async def test_mongodb_error_from_the_driver_propagates(mongo_scenes):
     from pymongo.errors import ServerSelectionTimeoutError
 
     collection, _ = mongo_scenes
-    collection.update_one.side_effect = ServerSelectionTimeoutError("no server")
+    collection.find_one_and_update.side_effect = ServerSelectionTimeoutError("no server")
 
     with pytest.raises(ServerSelectionTimeoutError):
         await lifecycle.fail(scene_id=SCENE_ID, attempt=1, code="timeout", message="m")
@@ -504,6 +569,7 @@ async def test_a_run_that_lost_its_scene_stops_and_reports_it_moved(tmp_path: Pa
         mock.patch.object(lifecycle, "claim", mock.AsyncMock(return_value=claim)),
         mock.patch.object(lifecycle, "heartbeat", mock.AsyncMock(return_value=False)),  # taken over
         mock.patch.object(lifecycle, "exists", mock.AsyncMock(return_value=True)),
+        mock.patch.object(lifecycle, "cancel_waiting", mock.AsyncMock(return_value=False)),
         mock.patch.object(ytdlp, "download", slow_download),
     ):
         outcome = await asyncio.wait_for(bridge._supervised(pipeline.ingest(scene_id=SCENE_ID), soft_limit=None,

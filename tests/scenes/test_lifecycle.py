@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -225,19 +226,23 @@ def test_requeue_stuck_leaves_a_scene_whose_heartbeat_moved(scene: Scene):
     assert _reload(scene).status == "processing"
 
 
-def test_resend_refreshes_a_waiting_scene(scene: Scene, announced):
+def test_resend_refreshes_a_waiting_scene(scene: Scene, announced, django_capture_on_commit_callbacks):
     seen = _age(scene, 900)
 
-    lifecycle.resend(scene_id=scene.pk, seen_updated_at=seen.updated_at, task_id="t-2")
+    with django_capture_on_commit_callbacks(execute=True):
+        lifecycle.resend(scene_id=scene.pk, seen_updated_at=seen.updated_at, task_id="t-2")
 
     assert _reload(scene).updated_at > seen.updated_at
     assert announced[-1] == (scene.pk, "resend", "queued")
 
 
-def test_deleting_a_scene_is_announced(scene: Scene, announced):
+def test_deleting_a_scene_is_announced(scene: Scene, announced, django_capture_on_commit_callbacks):
     scene_id = scene.pk
 
-    scene.delete()
+    # The delete task is for the store (tests/scenes/test_services.py); no broker here.
+    with mock.patch("downloads.tasks.delete_scene_objects_task.apply_async"), \
+            django_capture_on_commit_callbacks(execute=True):
+        scene.delete()
 
     assert announced == [(scene_id, "delete", "deleted")]
 

@@ -1,0 +1,37 @@
+"""How the API shows a scene: in its answers, in webhook payloads and in the live stream alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from scenes.links import media_url, thumbnail_url
+from scenes.models import Scene
+
+
+class SceneSerializer(serializers.ModelSerializer[Scene]):
+    project = serializers.CharField(source="project_id", read_only=True, allow_null=True)
+    media_url = serializers.SerializerMethodField()
+    thumbnail_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Scene
+        fields = [
+            "id", "project", "source_url", "status", "stage", "progress", "title", "duration", "width",
+            "height", "size_bytes", "video_codec", "audio_codec", "content_type", "storage_key", "media_url",
+            "thumbnail_key", "thumbnail_url", "error_code", "error_message", "attempts", "task_id",
+            "created_at", "started_at", "completed_at", "cancel_requested_at", "updated_at",
+        ]
+        read_only_fields = fields
+
+    def get_media_url(self, scene: Scene) -> str | None:
+        return media_url(scene, request=self.context.get("request"))
+
+    def get_thumbnail_url(self, scene: Scene) -> str | None:
+        return thumbnail_url(scene, request=self.context.get("request"))
+
+
+def scene_data(scene: Scene) -> dict[str, Any]:
+    """The scene as the API shows it, as plain JSON values (for a webhook payload or a live event)."""
+    return dict(SceneSerializer(scene).data)
