@@ -9,6 +9,7 @@ from mediastore.health import healthz, readyz
 from scenes import views as pages
 from scenes.api import MediaStoreView, MeView, ProjectViewSet, SceneViewSet
 from scenes.views import SceneFileView
+from scenes.webhook_api import WebhookDeliveryViewSet, WebhookEndpointViewSet
 
 
 class OptionalSlashRouter(DefaultRouter):
@@ -22,12 +23,15 @@ class OptionalSlashRouter(DefaultRouter):
 router = OptionalSlashRouter()
 router.register("scenes", SceneViewSet, basename="scene")
 router.register("projects", ProjectViewSet, basename="project")
+router.register("webhooks", WebhookEndpointViewSet, basename="webhook")
+router.register("webhook-deliveries", WebhookDeliveryViewSet, basename="webhook-delivery")
 
 urlpatterns = [
     path("", pages.scene_page, name="scene-page"),
     path("scenes/", pages.scene_submit, name="page-submit"),
     path("scenes/<str:scene_id>/row", pages.scene_row, name="page-row"),
     path("scenes/<str:scene_id>/retry", pages.scene_retry, name="page-retry"),
+    path("scenes/<str:scene_id>/cancel", pages.scene_cancel, name="page-cancel"),
     path("scenes/<str:scene_id>/delete", pages.scene_delete, name="page-delete"),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),

@@ -187,7 +187,7 @@ class MediaStoreView(APIView):
 
 # Which permission (as in the admin) lets staff act on other users' scenes and projects, per API action.
 _STAFF_VERBS = {"partial_update": "change", "update": "change", "destroy": "delete", "retry": "requeue",
-                "cancel": "change"}
+                "cancel": "change", "rotate_secret": "change", "resend": "change"}
 
 
 def _reach(user: User, action: str | None, model: str) -> User | None:
@@ -235,7 +235,7 @@ class SceneViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, mixins.Dest
             raise ApiError(status_code=429, code="too_many_active", message=busy.message) from busy
         except SceneStateConflict as conflict:
             raise ApiError(status_code=409, code="conflict",
-                           message=f"Only failed scenes can be retried; this one is {scene.status}.") from conflict
+                           message=f"Only failed or cancelled scenes can be retried; this one is {scene.status}.") from conflict
         return Response(self.get_serializer(scene).data, status=status.HTTP_202_ACCEPTED)
 
     @action(detail=True, methods=["post"])

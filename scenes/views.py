@@ -232,8 +232,26 @@ def _retry(scene: Scene) -> tuple[str, int]:
         return busy.message, 429
     except SceneStateConflict:
         scene.refresh_from_db()
-        return f"Only failed scenes can be retried; this one is {scene.get_status_display().lower()}.", 409
+        return f"Only failed or cancelled scenes can be retried; this one is {scene.get_status_display().lower()}.", 409
     return "", 202
+
+
+@signed_in
+@require_POST
+@own_scene
+def scene_cancel(request: HtmxHttpRequest, scene: Scene) -> HttpResponse:
+    notice, status = "", 202
+    try:
+        scene = services.scene_cancel(scene=scene)
+    except SceneStateConflict:
+        scene.refresh_from_db()
+        notice = f"Only queued or processing scenes can be cancelled; this one is {scene.get_status_display().lower()}."
+        status = 409
+    if not request.htmx:
+        if notice:
+            messages.warning(request, notice)
+        return redirect("scene-page")
+    return render(request, "scenes/_row.html", {"row": _row(scene, request, notice=notice)}, status=status)
 
 
 @signed_in

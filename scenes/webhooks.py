@@ -66,14 +66,14 @@ class InvalidEvents(ValueError):
         super().__init__(self.message)
 
 
-def _checked_events(events: list[str]) -> list[str]:
+def checked_events(events: list[str]) -> list[str]:
     unknown = set(events) - set(EVENTS)
     if unknown:
         raise InvalidEvents(unknown)
     return sorted(set(events))
 
 
-def _checked_url(url: str) -> str:
+def checked_url(url: str) -> str:
     # The policy of media URLs (``UrlRejected`` from scenes.validators), checked now and at every delivery.
     from scenes.validators import validate_media_url
 
@@ -83,7 +83,7 @@ def _checked_url(url: str) -> str:
 def webhook_endpoint_create(*, owner: User, url: str, events: list[str] | None = None,
                             project: Project | None = None, description: str = "") -> WebhookEndpoint:
     """Register an endpoint (``UrlRejected``, ``InvalidEvents``); empty ``events`` means every event."""
-    return WebhookEndpoint.objects.create(owner=owner, url=_checked_url(url), events=_checked_events(events or []),
+    return WebhookEndpoint.objects.create(owner=owner, url=checked_url(url), events=checked_events(events or []),
                                           project=project, description=description, secret=new_secret())
 
 
@@ -91,9 +91,9 @@ def webhook_endpoint_update(*, endpoint: WebhookEndpoint, url: str | None = None
                             description: str | None = None, enabled: bool | None = None) -> WebhookEndpoint:
     changes: dict[str, Any] = {}
     if url is not None:
-        changes["url"] = _checked_url(url)
+        changes["url"] = checked_url(url)
     if events is not None:
-        changes["events"] = _checked_events(events)
+        changes["events"] = checked_events(events)
     if description is not None:
         changes["description"] = description
     if enabled is not None:

@@ -330,7 +330,7 @@ def test_retry_of_a_completed_scene_is_refused_in_words(page, alice, broker_url)
     response = page.post(f"/scenes/{scene.pk}/retry", **HX)
 
     assert response.status_code == 409
-    assert "Only failed scenes can be retried; this one is completed." in response.content.decode()
+    assert "Only failed or cancelled scenes can be retried; this one is completed." in response.content.decode()
     assert _queued_task_args(broker_url) == []
 
 
