@@ -234,8 +234,8 @@ class SceneViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, mixins.Dest
         except services.TooManyActive as busy:
             raise ApiError(status_code=429, code="too_many_active", message=busy.message) from busy
         except SceneStateConflict as conflict:
-            raise ApiError(status_code=409, code="conflict",
-                           message=f"Only failed or cancelled scenes can be retried; this one is {scene.status}.") from conflict
+            message = f"Only failed or cancelled scenes can be retried; this one is {scene.status}."
+            raise ApiError(status_code=409, code="conflict", message=message) from conflict
         return Response(self.get_serializer(scene).data, status=status.HTTP_202_ACCEPTED)
 
     @action(detail=True, methods=["post"])

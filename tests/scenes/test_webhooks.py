@@ -104,9 +104,13 @@ def test_a_project_endpoint_hears_only_its_project(owner, no_broker):
 def test_a_transition_rolled_back_leaves_no_delivery(owner, scene, no_broker):
     _endpoint(owner)
 
-    with pytest.raises(RuntimeError), transaction.atomic():
-        lifecycle.cancel(scene_id=scene.pk)
-        raise RuntimeError("the caller's transaction fails after the transition")
+    def cancel_then_fail() -> None:
+        with transaction.atomic():
+            lifecycle.cancel(scene_id=scene.pk)
+            raise RuntimeError("the caller's transaction fails after the transition")
+
+    with pytest.raises(RuntimeError):
+        cancel_then_fail()
 
     assert Scene.objects.get(pk=scene.pk).status == "queued"
     assert not WebhookDelivery.objects.exists()
