@@ -49,7 +49,8 @@ def _worker_ready(sender: Any = None, **_: Any) -> None:
     consumer = sender
     hostname = getattr(consumer, "hostname", None) or liveness.default_hostname()
     concurrency = int(getattr(getattr(consumer, "pool", None), "limit", 0) or settings.CELERY_WORKER_CONCURRENCY)
-    _reporter = liveness.Reporter(hostname=hostname, concurrency=concurrency)
+    queues = tuple(sorted(celery_app.amqp.queues.consume_from or ())) or ("celery",)
+    _reporter = liveness.Reporter(hostname=hostname, concurrency=concurrency, queues=queues)
     _background.append(bridge.every(liveness.REPORT_INTERVAL, _report, name="liveness report"))
     # The sweeper runs in every worker, at start (so a restart recovers what the last crash left) and then
     # periodically: no cron, no extra process, and it runs wherever work can run. Two workers sweeping at

@@ -44,9 +44,10 @@ def default_hostname() -> str:
 class Reporter:
     """Kept by the worker process: ``received()`` on every task it receives, ``report()`` periodically."""
 
-    def __init__(self, *, hostname: str, concurrency: int) -> None:
+    def __init__(self, *, hostname: str, concurrency: int, queues: tuple[str, ...] = ("celery",)) -> None:
         self.hostname = hostname
         self.concurrency = concurrency
+        self.queues = queues  # the ones it consumes: a webhooks worker is not stalled by a downloads backlog
         self.started = time.time()
         self.last_received: float | None = None
         self.last_full: float | None = None  # the last time every slot was busy: nothing could be taken
@@ -65,7 +66,7 @@ class Reporter:
             return
         now = time.time()
         try:
-            waiting = queue_length(self._client)
+            waiting = sum(queue_length(self._client, queue) for queue in self.queues)
         except Exception:
             # The broker is away: how long tasks have waited is unknown, so counting starts again when it
             # is back (else a worker that took nothing because nothing could be taken would read as stalled).

@@ -316,6 +316,11 @@ CELERY_TASK_TRACK_STARTED = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# Webhook deliveries have a queue of their own, consumed by a worker of their own (`make run`, compose): a
+# flood of events to a slow receiver then takes no slot a download needs. One worker may take both queues
+# (`-Q celery,webhooks`), as the tests' workers do.
+WEBHOOK_QUEUE = "webhooks"
+CELERY_TASK_ROUTES = {"scenes.deliver_webhook": {"queue": WEBHOOK_QUEUE}}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_BROKER_VISIBILITY_TIMEOUT,

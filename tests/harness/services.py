@@ -73,6 +73,7 @@ class CeleryWorker:
         argv = [
             sys.executable, "-m", "celery", "-A", "mediastore", "worker",
             "-P", "gevent", "-c", str(concurrency), "-n", self.name, "--loglevel", "INFO",
+            "-Q", "celery,webhooks",  # downloads and webhook deliveries alike
             # One worker per test: no peers to synchronise with, and quicker start and stop.
             "--without-mingle", "--without-gossip",
         ]

@@ -66,6 +66,21 @@ def test_reports_go_through_the_broker(broker_url: str, settings):
     client.close()
 
 
+def test_a_worker_counts_only_the_queues_it_consumes(broker_url: str):
+    # The webhooks worker takes no downloads: a downloads backlog is no sign that it stalled.
+    reporter = liveness.Reporter(hostname="webhooks@w4", concurrency=2, queues=("webhooks",))
+    client = redis.Redis.from_url(broker_url)
+    client.lpush("celery", json.dumps({"queued": "download"}))
+
+    reporter.report(active=0)
+    assert json.loads(client.get(liveness.KEY_PREFIX + "webhooks@w4"))["queued_since"] is None
+    client.lpush("webhooks", json.dumps({"queued": "delivery"}))
+    reporter.report(active=0)
+    assert json.loads(client.get(liveness.KEY_PREFIX + "webhooks@w4"))["queued_since"] is not None
+    reporter.forget()
+    client.close()
+
+
 def test_a_worker_idle_for_long_whose_queue_just_filled_is_not_stalled(settings):
     # What the fault suite saw: an hour with nothing to do, then the sweeper re-sent 50 tasks a moment
     # before the check. The worker's last report was written before they arrived.
