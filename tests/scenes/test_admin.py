@@ -126,3 +126,53 @@ def test_scene_detail_shows_the_full_error_and_the_task_result():
     assert "/admin/django_celery_results/taskresult/" in page
     assert 'name="title"' in page  # editable
     assert 'name="source_url"' not in page  # read-only
+
+
+@pytest.mark.django_db
+def test_cancel_action_cancels_queued_scenes_and_says_what_it_skipped(django_capture_on_commit_callbacks):
+    operator = _staff("canceller", "view_scene", "change_scene")
+    queued = services.scene_create(owner=operator, source_url="https://example.com/q.mp4")
+    done = services.scene_create(owner=operator, source_url="https://example.com/d.mp4", title="Already done")
+    scene_states.start(scene_id=done.pk)
+    scene_states.complete(scene_id=done.pk, storage_key="scenes/x/media.mp4")
+
+    response = _browser(operator).post(CHANGELIST, {
+        "action": "cancel", "_selected_action": [queued.pk, done.pk]}, follow=True)
+
+    page = response.content.decode()
+    assert "Cancelled 1 scene(s)" in page
+    assert "Already done (completed)" in page
+    assert Scene.objects.get(pk=queued.pk).status == Scene.Status.CANCELLED
+
+
+@pytest.mark.django_db
+def test_webhook_admin_refuses_a_url_into_a_refused_network_and_sends_a_delivery_again(
+        settings, django_capture_on_commit_callbacks):
+    from unittest import mock
+
+    from django.utils import timezone
+
+    from scenes.models import WebhookDelivery, WebhookEndpoint
+
+    settings.MEDIA_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+    operator = _staff("hooks", "view_webhookendpoint", "add_webhookendpoint", "change_webhookendpoint",
+                      "view_webhookdelivery", "change_webhookdelivery")
+    browser = _browser(operator)
+
+    refused = browser.post("/admin/scenes/webhookendpoint/add/", {
+        "owner": operator.pk, "url": "http://127.0.0.5/hooks", "events": "[]", "enabled": "on",
+        "description": ""})
+    assert refused.status_code == 200  # the form again, with the error
+    assert "does not fetch from" in refused.content.decode()
+    assert not WebhookEndpoint.objects.exists()
+
+    endpoint = WebhookEndpoint.objects.create(owner=operator, url="http://127.0.0.1:9/hooks", secret="whsec_eA==")
+    delivery = WebhookDelivery.objects.create(endpoint=endpoint, event="scene.failed", scene_id="b" * 24,
+                                              payload={}, status="failed", attempts=8, next_attempt_at=timezone.now())
+    with mock.patch("scenes.webhooks.send") as send, django_capture_on_commit_callbacks(execute=True):
+        response = browser.post("/admin/scenes/webhookdelivery/", {
+            "action": "send_again", "_selected_action": [delivery.pk]}, follow=True)
+
+    assert "Sending 1 delivery(ies) again." in response.content.decode()
+    assert WebhookDelivery.objects.get().status == "pending"
+    assert send.call_args.args == (delivery.pk,)

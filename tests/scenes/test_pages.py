@@ -413,3 +413,28 @@ def test_row_actions_without_csrf_token_are_refused(strict, alice, path):
                                                (3725, "1:02:05")])
 def test_clock_formats_durations(seconds, text):
     assert clock(seconds) == text
+
+
+# --- Cancel -----------------------------------------------------------------------------------------------
+
+
+def test_a_queued_row_has_a_cancel_button_that_cancels_it(page, alice):
+    scene = _scene(alice)
+
+    row = page.get(f"/scenes/{scene.pk}/row", **HX).content.decode()
+    response = page.post(f"/scenes/{scene.pk}/cancel", **HX)
+
+    assert f'hx-post="/scenes/{scene.pk}/cancel"' in row
+    assert response.status_code == 202
+    assert 'data-status="cancelled"' in response.content.decode()
+    assert f'hx-post="/scenes/{scene.pk}/retry"' in response.content.decode()  # a cancelled scene may be retried
+    assert Scene.objects.get(pk=scene.pk).status == Scene.Status.CANCELLED
+
+
+def test_cancel_of_a_completed_scene_is_refused_in_words(page, alice):
+    scene = _scene(alice, status=Scene.Status.COMPLETED)
+
+    response = page.post(f"/scenes/{scene.pk}/cancel", **HX)
+
+    assert response.status_code == 409
+    assert "Only queued or processing scenes can be cancelled; this one is completed." in response.content.decode()
