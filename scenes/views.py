@@ -15,7 +15,8 @@ from django.contrib import messages
 from django.contrib.auth.models import User
 from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render, resolve_url
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
@@ -26,7 +27,7 @@ from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from scenes import selectors, services
+from scenes import ranges, selectors, services
 from scenes.api import StoreThrottle
 from scenes.forms import StoreForm
 from scenes.lifecycle import SceneStateConflict
@@ -48,7 +49,7 @@ class SceneFileView(APIView):
     """
 
     @extend_schema(exclude=True)  # bytes, not JSON: reached through media_url/thumbnail_url
-    def get(self, request: Request, scene_id: str, kind: str) -> FileResponse:
+    def get(self, request: Request, scene_id: str, kind: str) -> HttpResponseBase:
         if settings.R2_BUCKET or kind not in {"media", "thumbnail"}:
             raise exceptions.NotFound()
         user = request.user
@@ -63,7 +64,7 @@ class SceneFileView(APIView):
         if path is None or not path.is_relative_to(root) or not path.is_file():
             raise exceptions.NotFound()
         content_type = (scene.content_type or "application/octet-stream") if kind == "media" else "image/jpeg"
-        return FileResponse(path.open("rb"), content_type=content_type)
+        return ranges.file_response(request, path, content_type=content_type)
 
 
 # --- The status page: Django templates + htmx. Views parse input and call selectors and services. ---------
