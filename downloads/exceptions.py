@@ -39,6 +39,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+# Outcomes that come from the source itself: running the same URL again under the same settings fails the
+# same way, so operators' bulk re-queues skip them unless asked (``requeue_failed --include-permanent``).
+PERMANENT_CODES = frozenset({"unsupported_url", "not_found", "unavailable", "too_large", "too_long", "live_stream",
+                             "invalid_media", "url_not_allowed", "too_many_pixels"})
+
 
 class MediastoreError(Exception):
     code: ClassVar[str] = "internal_error"

@@ -37,7 +37,8 @@ class Check:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.outcome} {self.number} {self.name}: {self.reason}"
+        # Named in words; the seed's step number stays in brackets for whoever follows the old runbook.
+        return f"{self.outcome} {self.name} [{self.number}]: {self.reason}"
 
 
 def _attempt(number: str, name: str, check: Any) -> Check:

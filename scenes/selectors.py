@@ -49,10 +49,14 @@ def project_list(*, owner: User | None = None) -> QuerySet[Project]:
 
 def scenes_failed(
     *, since: dt.timedelta | None = None, error_code: str | None = None, project_id: str | None = None,
-    limit: int | None = None,
+    limit: int | None = None, exclude_codes: frozenset[str] = frozenset(), only_codes: frozenset[str] = frozenset(),
 ) -> list[Scene]:
-    """Failed scenes, newest first, narrowed by age of the failure, error code and project."""
+    """Failed scenes, newest first, narrowed by age of the failure, error code(s) and project."""
     scenes = Scene.objects.filter(status=Scene.Status.FAILED).order_by("-updated_at")
+    if exclude_codes:
+        scenes = scenes.exclude(error_code__in=sorted(exclude_codes))
+    if only_codes:
+        scenes = scenes.filter(error_code__in=sorted(only_codes))
     if since is not None:
         scenes = scenes.filter(updated_at__gte=timezone.now() - since)
     if error_code:

@@ -44,8 +44,10 @@ def test_e2e_check_passes_on_the_test_stack_and_cleans_up(start_worker, bucket, 
     output, error = _check("--e2e")
 
     assert error is None, output
-    for number in ("0.1 ", "0.1.1 ", "0.1.2 ", "0.2 ", "0.3 ", "0.4 ", "0.5 ", "0.6 "):
-        assert f"PASS {number}" in output
+    for name in ("database [0.1]", "broker [0.1]", "object store [0.1]", "worker [0.1]", "configuration [0.1.1]",
+                 "version celery [0.1.2]", "sample [0.2]", "ingest [0.3]", "stored object [0.4]",
+                 "worker temp dir [0.5]", "delete [0.6]"):
+        assert f"PASS {name}:" in output
     assert "FAIL" not in output
     assert "check_pipeline:" in output
     assert not Scene.objects.exists()
@@ -56,8 +58,8 @@ def test_check_fails_on_services_when_no_worker_answers(broker_url: str, bucket,
     output, error = _check()
 
     assert error is not None
-    assert "FAIL 0.1 worker: no worker answered" in output
-    assert "PASS 0.1 database" in output
+    assert "FAIL worker [0.1]: no worker answered" in output
+    assert "PASS database [0.1]" in output
 
 
 def test_check_fails_on_configuration_when_the_worker_uses_another_bucket(start_worker, bucket, s3_endpoint: str):
@@ -66,4 +68,4 @@ def test_check_fails_on_configuration_when_the_worker_uses_another_bucket(start_
     output, error = _check()
 
     assert error is not None
-    assert "FAIL 0.1.1 configuration: web and worker differ in R2_BUCKET" in output
+    assert "FAIL configuration [0.1.1]: web and worker differ in R2_BUCKET" in output

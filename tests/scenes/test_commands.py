@@ -56,6 +56,22 @@ def test_requeue_failed_queues_by_error_code(owner):
     assert statuses[other.pk] == "failed"
 
 
+def test_requeue_failed_skips_permanent_failures_unless_asked(owner):
+    transient = _failed(owner, "timeout")
+    permanent = [_failed(owner, code) for code in ("not_found", "unsupported_url", "invalid_media")]
+
+    first = _run("requeue_failed")
+    left = [_statuses()[s.pk] for s in permanent]
+    second = _run("requeue_failed", "--include-permanent")
+
+    assert "skipping 3 permanent failure(s)" in first
+    assert "requeue_failed: queued 1" in first
+    assert _statuses()[transient.pk] == "queued"
+    assert left == ["failed", "failed", "failed"]
+    assert "requeue_failed: queued 3" in second
+    assert [_statuses()[s.pk] for s in permanent] == ["queued", "queued", "queued"]
+
+
 def test_requeue_failed_respects_since_and_limit(owner):
     old = _failed(owner, "timeout", age=dt.timedelta(days=3))
     recent = [_failed(owner, "timeout") for _ in range(3)]
