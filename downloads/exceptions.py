@@ -1,9 +1,11 @@
 """mediastore's error tree. Every error a user or an operator can see is one of these.
 
 Each class has a stable ``code`` (snake_case; part of the API and stored on failed scenes), a default
-human message, and ``retryable`` (whether trying again later may succeed). Library errors are translated
-into these at the boundary (``raise StorageError(...) from exc``), so no raw traceback or stderr dump
-reaches a user.
+human message (what happened and what the person can do, in words a person understands), and ``retryable``
+(whether trying again later may succeed). The technical reason (a tool's own words, without server paths)
+goes in ``detail``, which is stored beside the message for engineers and never replaces it. Library
+errors are translated into these at the boundary (``raise StorageError(...) from exc``), so no raw
+traceback or stderr dump reaches a user.
 
 The constructor takes the message as its only positional argument: Celery rebuilds a task's exception on
 the client side as ``cls(*args)``, and this keeps that working.
@@ -13,6 +15,7 @@ code                   retryable  meaning
 =====================  =========  ==============================================================
 internal_error         no         a bug or an unexpected failure on our side
 unsupported_url        no         nothing at the URL that yt-dlp can download
+no_media               no         the page was read, but it holds no video or audio
 not_found              no         the source answered 404 / gone
 unavailable            no         private, removed, login or geo blocked
 too_large              no         over ``MEDIA_MAX_FILESIZE``
@@ -41,8 +44,8 @@ from typing import ClassVar
 
 # Outcomes that come from the source itself: running the same URL again under the same settings fails the
 # same way, so operators' bulk re-queues skip them unless asked (``requeue_failed --include-permanent``).
-PERMANENT_CODES = frozenset({"unsupported_url", "not_found", "unavailable", "too_large", "too_long", "live_stream",
-                             "invalid_media", "url_not_allowed", "too_many_pixels"})
+PERMANENT_CODES = frozenset({"unsupported_url", "no_media", "not_found", "unavailable", "too_large", "too_long",
+                             "live_stream", "invalid_media", "url_not_allowed", "too_many_pixels"})
 
 
 class MediastoreError(Exception):
@@ -50,28 +53,30 @@ class MediastoreError(Exception):
     default_message: ClassVar[str] = "Something went wrong on our side."
     retryable: ClassVar[bool] = False
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(self, message: str | None = None, *, detail: str = "") -> None:
         self.message = message or self.default_message
+        self.detail = detail
         super().__init__(self.message)
 
 
 class InternalError(MediastoreError):
-    pass
+    default_message = "Something went wrong on our side. Try again later; if it keeps failing, tell an operator."
 
 
 class UnsupportedUrlError(MediastoreError):
     code = "unsupported_url"
-    default_message = "No downloadable media was found at this URL."
+    default_message = ("There is nothing we know how to download at this address. Check that it links to a post "
+                       "or a video.")
 
 
 class NotFoundError(MediastoreError):
     code = "not_found"
-    default_message = "The source answered that this media does not exist (HTTP 404)."
+    default_message = "The server answered 404: the post or video may have been deleted, or the link is mistyped."
 
 
 class UnavailableError(MediastoreError):
     code = "unavailable"
-    default_message = "The media is private, removed, or blocked for this server."
+    default_message = "The media is private, removed, or not available to this server (a login or a region block)."
 
 
 class TooLargeError(MediastoreError):
@@ -89,9 +94,14 @@ class LiveStreamError(MediastoreError):
     default_message = "Live streams cannot be stored; try again when the stream has ended."
 
 
+class NoMediaError(MediastoreError):
+    code = "no_media"
+    default_message = "The page has no video or audio we can download."
+
+
 class InvalidMediaError(MediastoreError):
     code = "invalid_media"
-    default_message = "The download finished but holds no audio or video stream."
+    default_message = "The download is not audio or video this server can read."
 
 
 class UrlNotAllowedError(MediastoreError):
@@ -101,13 +111,13 @@ class UrlNotAllowedError(MediastoreError):
 
 class NetworkError(MediastoreError):
     code = "network_error"
-    default_message = "The connection to the source failed."
+    default_message = "We could not connect to the source; it will be tried again."
     retryable = True
 
 
 class DownloadTimeoutError(MediastoreError):
     code = "timeout"
-    default_message = "The source stopped sending data, or the download took too long."
+    default_message = "The source stopped sending data; it will be tried again."
     retryable = True
 
 
@@ -115,6 +125,7 @@ class SlowSourceError(DownloadTimeoutError):
     """The download hit its overall time cap, or the source sent too little for too long: another attempt
     would hold a worker slot just as long, so it is not retried."""
 
+    default_message = "The source was too slow, so the download was stopped."
     retryable = False
 
 
@@ -125,10 +136,10 @@ class TooManyPixelsError(MediastoreError):
 
 class StorageError(MediastoreError):
     code = "storage_error"
-    default_message = "The object store refused or failed to store the media."
+    default_message = "The media could not be stored. An operator can see why in the details."
 
-    def __init__(self, message: str | None = None, retryable: bool = False) -> None:
-        super().__init__(message)
+    def __init__(self, message: str | None = None, retryable: bool = False, *, detail: str = "") -> None:
+        super().__init__(message, detail=detail)
         self.retryable = retryable  # type: ignore[misc]  # per instance: 5xx yes, 4xx no
 
 

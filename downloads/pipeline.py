@@ -337,13 +337,17 @@ async def _failed(scene_id: str, claim: lifecycle.Claim, error: MediastoreError,
     await asyncio.shield(_discard_stored(scene_id))
     if retry and error.retryable and attempts < settings.MEDIA_MAX_ATTEMPTS:
         countdown = settings.MEDIA_RETRY_BACKOFF * 2 ** (attempts - 1)
-        logger.warning("ingest %s: %s (%s); retry %d of %d in %.0fs", scene_id, error.code, error.message,
-                       attempts, settings.MEDIA_MAX_ATTEMPTS - 1, countdown)
-        if await lifecycle.retry_later(scene_id=scene_id, attempt=attempts, code=error.code, message=error.message):
+        logger.warning("ingest %s: %s (%s%s); retry %d of %d in %.0fs", scene_id, error.code, error.message,
+                       f"; {error.detail}" if error.detail else "", attempts, settings.MEDIA_MAX_ATTEMPTS - 1,
+                       countdown)
+        if await lifecycle.retry_later(scene_id=scene_id, attempt=attempts, code=error.code, message=error.message,
+                                       detail=error.detail):
             raise RetryLater(error, countdown)
         return await _moved(scene_id, claim, f"{error.code}, and")
-    logger.warning("ingest %s: failed with %s: %s", scene_id, error.code, error.message)
-    if await lifecycle.fail(scene_id=scene_id, attempt=attempts, code=error.code, message=error.message):
+    logger.warning("ingest %s: failed with %s: %s%s", scene_id, error.code, error.message,
+                   f" ({error.detail})" if error.detail else "")
+    if await lifecycle.fail(scene_id=scene_id, attempt=attempts, code=error.code, message=error.message,
+                            detail=error.detail):
         return "failed"
     return await _moved(scene_id, claim, f"{error.code}, and")
 

@@ -106,10 +106,10 @@ def _storage_error(exc: Exception, action: str) -> StorageError:
     if isinstance(exc, ClientError):
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         code = exc.response.get("Error", {}).get("Code", "?")
-        return StorageError(f"The object store refused to {action}: {code} (HTTP {status}).",
-                            retryable=status >= 500 or status in {408, 429})
-    return StorageError(f"The object store could not be reached to {action}: {type(exc).__name__}.",
-                        retryable=True)
+        return StorageError(retryable=status >= 500 or status in {408, 429},
+                            detail=f"The object store refused to {action}: {code} (HTTP {status}).")
+    return StorageError(retryable=True,
+                        detail=f"The object store could not be reached to {action}: {type(exc).__name__}.")
 
 
 class S3Storage:

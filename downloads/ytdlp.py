@@ -40,6 +40,7 @@ from downloads.exceptions import (
     LiveStreamError,
     MediastoreError,
     NetworkError,
+    NoMediaError,
     NotFoundError,
     SlowSourceError,
     TooLargeError,
@@ -101,7 +102,7 @@ def build_argv(url: str, *, job_dir: Path, max_filesize: int) -> list[str]:
         "--progress", "--progress-template", progress,
         "--progress-template", f"postprocess:{POSTPROCESS_MARK} %(progress.postprocessor)s %(progress.status)s",
         "--print", f"pre_process:{INFO_MARK} %(.{{id,title,duration,is_live,live_status,extractor}})j",
-        "--print", f"after_move:{RESULT_MARK} %(.{{filepath,title,duration,ext}})j",
+        "--print", f"after_move:{RESULT_MARK} %(.{{filepath,title,fulltitle,duration,ext}})j",
         "-P", str(job_dir), "-o", OUTPUT_TEMPLATE, "--restrict-filenames",
         "--max-filesize", str(max_filesize),
         "--socket-timeout", f"{settings.MEDIA_SOCKET_TIMEOUT:g}",
@@ -150,6 +151,8 @@ _ERROR_PATTERNS: list[tuple[re.Pattern[str], type[MediastoreError]]] = [
     (re.compile(r"file:// URLs are disabled|unsupported url scheme", re.I), UrlNotAllowedError),
     (re.compile(r"HTTP Error 404|404: Not Found|HTTP Error 410", re.I), NotFoundError),
     (re.compile(r"Unsupported URL", re.I), UnsupportedUrlError),
+    (re.compile(r"No media found|No video formats found|no suitable formats|Requested format is not available",
+                re.I), NoMediaError),
     (re.compile(r"larger than max-filesize|File is larger than|" + ytdlp_guard.MANIFEST_TOO_LARGE, re.I),
      TooLargeError),
     (re.compile(r"live event|is live|is a live stream|premieres in", re.I), LiveStreamError),
@@ -170,15 +173,16 @@ def _without_paths(text: str) -> str:
 
 
 def classify_error(stderr_lines: list[str]) -> MediastoreError:
-    """yt-dlp's ERROR lines → our error, with yt-dlp's reason (cleaned) as the message."""
+    """yt-dlp's ERROR lines → our error: its human message for the person, yt-dlp's reason (cleaned, without
+    our paths) as the detail for engineers."""
     errors = [line for line in stderr_lines if line.startswith("ERROR:")]
     reason = _without_paths(clean((errors[-1] if errors else (stderr_lines[-1] if stderr_lines else ""))
                                   .removeprefix("ERROR:").strip()))
     for pattern, error_type in _ERROR_PATTERNS:
         if pattern.search(reason):
-            # yt-dlp's wording would advise a switch to turn the protection off.
-            return error_type(None if error_type is UrlNotAllowedError else reason)
-    return InternalError(f"yt-dlp failed: {reason}" if reason else "yt-dlp failed without saying why")
+            return error_type(detail=reason)
+    return InternalError("The download failed for a reason we did not recognise. Try again later; if it keeps "
+                         "failing, tell an operator.", detail=reason or "yt-dlp failed without saying why")
 
 
 def _media_file(path: Path, *, job_dir: Path) -> Path:
@@ -390,4 +394,27 @@ def _verdict(run: _Run, returncode: int, url: str, *, job_dir: Path) -> Download
         raise InternalError(f"yt-dlp finished but reported {len(run.results)} files instead of one.")
     result = run.results[0]
     path = _media_file(Path(str(result.get("filepath", ""))), job_dir=job_dir)
-    return DownloadResult(path=path, title=clean(str(result.get("title") or ""), 500), info=run.info)
+    # Some extractors shorten "title" (a trailing "..."); "fulltitle" is whole.
+    title = str(result.get("fulltitle") or result.get("title") or "")
+    return DownloadResult(path=path, title=clean(better_title(title, url), 500), info=run.info)
+
+
+# File names that say nothing about what a manifest holds: HLS's index.m3u8, DASH's manifest.mpd, …
+_GENERIC_NAMES = frozenset({"index", "master", "playlist", "manifest", "main", "stream", "streams", "chunklist",
+                            "prog_index", "media", "video", "videos", "hls", "dash", "live", "output", "out"})
+
+
+def better_title(title: str, url: str) -> str:
+    """yt-dlp's generic extractor names an untitled source after its file (``index``); then the last path
+    segment that means something (``/shows/episode-12/hls/index.m3u8`` → ``episode-12``), or the host."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    segments = [unquote(segment) for segment in parts.path.split("/") if segment]
+    stem = Path(segments[-1]).stem if segments else ""
+    if not title or title != stem or stem.lower() not in _GENERIC_NAMES:
+        return title
+    for segment in reversed(segments[:-1]):
+        if Path(segment).stem.lower() not in _GENERIC_NAMES:
+            return segment
+    return parts.hostname or title

@@ -118,6 +118,7 @@ RESEND = _Transition("resend", (Status.QUEUED,), Status.QUEUED)
 CANCEL = _Transition("cancel", (Status.QUEUED,), Status.CANCELLED)
 REQUEST_CANCEL = _Transition("request_cancel", (Status.PROCESSING,), Status.PROCESSING)
 CANCELLED = _Transition("cancelled", (Status.PROCESSING,), Status.CANCELLED)
+_NO_ERROR: dict[str, Any] = {"error_code": "", "error_message": "", "error_detail": ""}
 # The worker's writes after its claim: only while no cancel waits (see the module's docstring).
 _RUN_IS_ON = {"cancel_requested_at": None}
 
@@ -249,7 +250,7 @@ async def claim(*, scene_id: str, stale_after: float, max_attempts: int) -> Clai
     elif status == Status.PROCESSING and current["updated_at"] < now - dt.timedelta(seconds=stale_after):
         if current["cancel_requested_at"] is not None:  # its worker died before it could stop the job
             await _aapply(CANCELLED, scene_id=scene_id, where={**where, "cancel_requested_at__isnull": False},
-                          error_code="", error_message=CANCELLED_MESSAGE)
+                          **_CANCELLED_NOTE)
             return Claim(claimed=False, reason="cancelled")
         if attempts >= max_attempts:
             await _aapply(WORKER_LOST_FAIL, scene_id=scene_id, where=where, **_worker_lost(attempts))
@@ -259,7 +260,7 @@ async def claim(*, scene_id: str, stale_after: float, max_attempts: int) -> Clai
         reason = {Status.PROCESSING: "busy", Status.COMPLETED: "already_completed"}.get(status, f"already_{status}")
         return Claim(claimed=False, reason=reason)
     claimed = await _aapply(transition, scene_id=scene_id, where=where, increment={"attempts": 1},
-                            stage=Stage.DOWNLOADING, progress=0, started_at=now, error_code="", error_message="")
+                            stage=Stage.DOWNLOADING, progress=0, started_at=now, **_NO_ERROR)
     if not claimed:
         return Claim(claimed=False, reason="busy")
     return Claim(claimed=True, reason=reason, source_url=current["source_url"], title=current["title"] or "",
@@ -285,19 +286,19 @@ async def heartbeat(*, scene_id: str, attempt: int, stage: str | None = None, pr
 async def complete(*, scene_id: str, attempt: int, fields: dict[str, Any]) -> bool:
     """processing → completed, with where the media went and what ffprobe said of it."""
     return await _aapply(COMPLETE, scene_id=scene_id, where={"attempts": attempt, **_RUN_IS_ON}, **fields,
-                         progress=100, completed_at=timezone.now(), error_code="", error_message="")
+                         progress=100, completed_at=timezone.now(), **_NO_ERROR)
 
 
-async def fail(*, scene_id: str, attempt: int, code: str, message: str) -> bool:
-    """processing → failed, with a stable code and the specific reason."""
+async def fail(*, scene_id: str, attempt: int, code: str, message: str, detail: str = "") -> bool:
+    """processing → failed, with a stable code, a message for the person and the detail for engineers."""
     return await _aapply(FAIL, scene_id=scene_id, where={"attempts": attempt, **_RUN_IS_ON}, error_code=code,
-                         error_message=message)
+                         error_message=message, error_detail=detail)
 
 
-async def retry_later(*, scene_id: str, attempt: int, code: str, message: str) -> bool:
+async def retry_later(*, scene_id: str, attempt: int, code: str, message: str, detail: str = "") -> bool:
     """processing → queued after a transient error, keeping the error visible until the next attempt."""
     return await _aapply(RETRY_LATER, scene_id=scene_id, where={"attempts": attempt, **_RUN_IS_ON},
-                         error_code=code, error_message=message)
+                         error_code=code, error_message=message, error_detail=detail)
 
 
 async def release(*, scene_id: str, attempt: int) -> bool:
@@ -308,11 +309,12 @@ async def release(*, scene_id: str, attempt: int) -> bool:
 
 
 CANCELLED_MESSAGE = "Cancelled on request."
+_CANCELLED_NOTE: dict[str, Any] = {**_NO_ERROR, "error_message": CANCELLED_MESSAGE}
 
 
 async def cancelled(*, scene_id: str, attempt: int) -> bool:
     """processing (a cancel waits) → cancelled, written by the run that stopped for it."""
-    return await _aapply(CANCELLED, scene_id=scene_id, error_code="", error_message=CANCELLED_MESSAGE,
+    return await _aapply(CANCELLED, scene_id=scene_id, **_CANCELLED_NOTE,
                          where={"attempts": attempt, "cancel_requested_at__isnull": False})
 
 
@@ -333,13 +335,13 @@ async def exists(*, scene_id: str) -> bool:
 def retry(*, scene_id: str, task_id: str) -> None:
     """failed → queued (a person asked for another try), clearing the last attempt's error; the attempts
     start again from zero."""
-    _apply(RETRY, scene_id=scene_id, task_id=task_id, error_code="", error_message="", attempts=0)
+    _apply(RETRY, scene_id=scene_id, task_id=task_id, **_NO_ERROR, attempts=0)
 
 
 def restart(*, scene_id: str, task_id: str, **changes: Any) -> None:
     """queued, completed or failed → queued (the scene is stored again); a scene being processed right now
     is not restarted under the worker's feet."""
-    _apply(RESTART, scene_id=scene_id, task_id=task_id, error_code="", error_message="", attempts=0, **changes)
+    _apply(RESTART, scene_id=scene_id, task_id=task_id, **_NO_ERROR, attempts=0, **changes)
 
 
 def requeue_stuck(*, scene_id: str, seen_updated_at: dt.datetime, task_id: str, max_attempts: int) -> str:
@@ -366,7 +368,7 @@ def cancel(*, scene_id: str) -> str:
     ``SceneStateConflict`` when it is neither (finished already, or a cancel waits already)."""
     now = timezone.now()
     try:
-        _apply(CANCEL, scene_id=scene_id, error_code="", error_message=CANCELLED_MESSAGE, cancel_requested_at=now)
+        _apply(CANCEL, scene_id=scene_id, **_CANCELLED_NOTE, cancel_requested_at=now)
         return Status.CANCELLED
     except SceneStateConflict:
         pass
@@ -381,7 +383,7 @@ def cancel(*, scene_id: str) -> str:
 def cancel_abandoned(*, scene_id: str, seen_updated_at: dt.datetime) -> None:
     """processing with a cancel waiting, whose worker is gone (stale heartbeat) → cancelled (the sweeper)."""
     _apply(CANCELLED, scene_id=scene_id, where={"updated_at": seen_updated_at, "cancel_requested_at__isnull": False},
-           error_code="", error_message=CANCELLED_MESSAGE)
+           **_CANCELLED_NOTE)
 
 
 @receiver(post_delete, sender=Scene, dispatch_uid="scenes.lifecycle.deleted")

@@ -79,7 +79,8 @@ class Scene(ObjectIdModel):
     thumbnail_key = models.CharField(max_length=512, blank=True)
 
     error_code = models.CharField(max_length=64, blank=True, db_index=True)
-    error_message = models.TextField(blank=True)
+    error_message = models.TextField(blank=True)  # for the person: what happened, what they can do
+    error_detail = models.TextField(blank=True)  # for engineers: the tool's own words, without server paths
     attempts = models.PositiveIntegerField(default=0)
     task_id = models.CharField(max_length=255, blank=True)
 

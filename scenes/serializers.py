@@ -20,7 +20,8 @@ class SceneSerializer(serializers.ModelSerializer[Scene]):
         fields = [
             "id", "project", "source_url", "status", "stage", "progress", "title", "duration", "width",
             "height", "size_bytes", "video_codec", "audio_codec", "content_type", "storage_key", "media_url",
-            "thumbnail_key", "thumbnail_url", "error_code", "error_message", "attempts", "task_id",
+            "thumbnail_key", "thumbnail_url", "error_code", "error_message", "error_detail", "attempts",
+            "task_id",
             "created_at", "started_at", "completed_at", "cancel_requested_at", "updated_at",
         ]
         read_only_fields = fields

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from contextlib import ExitStack
 from pathlib import Path
 from unittest import mock
@@ -116,7 +117,7 @@ async def test_ytdlp_failure_is_classified_from_stderr(tmp_path: Path, no_kill):
     with mock.patch("asyncio.create_subprocess_exec", return_value=process), pytest.raises(NotFoundError) as error:
         await ytdlp.download("https://example.com/x", job_dir=tmp_path)
 
-    assert "HTTP Error 404" in error.value.message
+    assert "HTTP Error 404" in error.value.detail
 
 
 async def test_ytdlp_exit_zero_without_a_result_is_not_success(tmp_path: Path, no_kill):
@@ -185,7 +186,7 @@ async def test_s3_upload_failure_aborts_and_translates(tmp_path: Path, status: i
         await storage.S3Storage("bucket").upload(path, key=storage.media_key(SCENE_ID, "mp4"), content_type="x")
 
     assert error.value.retryable is retryable
-    assert f"HTTP {status}" in error.value.message
+    assert f"HTTP {status}" in error.value.detail
     client.abort_multipart_upload.assert_awaited_once_with(Bucket="bucket", Key=f"scenes/{SCENE_ID}/media.mp4",
                                                            UploadId="up-1")
 
@@ -392,20 +393,49 @@ async def test_pipeline_calls_carry_the_scene_primary_key(tmp_path: Path):
     ("ERROR: unable to download video data: HTTP Error 503: Service Unavailable", "network_error"),
     ("ERROR: [download] Got error: Read timed out.", "timeout"),
     ("ERROR: something nobody has seen before", "internal_error"),
+    ("ERROR: [generic] missing: Unable to download webpage: HTTP Error 404: File not found (caused by "
+     "<HTTPError 404: File not found>)", "not_found"),
+    ("ERROR: [generic] Unable to download webpage: No media found", "no_media"),
+    ("ERROR: [reddit] abc: No video formats found!", "no_media"),
 ])
 def test_ytdlp_errors_are_classified(line: str, code: str):
     error = ytdlp.classify_error(["WARNING: noise", line])
 
     assert error.code == code
     assert "\x1b" not in error.message
+    # The person reads our sentence; yt-dlp's own words are the engineers' detail.
+    assert "[generic]" not in error.message
+    assert "ERROR" not in error.message
+    assert error.detail == line.removeprefix("ERROR: ")
 
 
-def test_error_message_is_cleaned_of_control_characters():
+def test_error_detail_is_cleaned_of_control_characters():
     error = ytdlp.classify_error(["ERROR: Unsupported URL: http://x/\x1b[31mred\x07"])
 
     assert error.code == "unsupported_url"
-    assert "\x1b" not in error.message
-    assert "\x07" not in error.message
+    assert "\x1b" not in error.detail
+    assert "\x07" not in error.detail
+
+
+def _every_error_class() -> list[type]:
+    from downloads import exceptions
+
+    found, todo = [], [exceptions.MediastoreError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+@pytest.mark.parametrize("error_type", _every_error_class(), ids=lambda cls: cls.__name__)
+def test_every_code_has_a_human_message(error_type):
+    message = error_type().message
+
+    assert message[0].isupper()
+    assert message.endswith(".")
+    assert not re.search(r"/tmp|/var|/home|\[\w+\]|ERROR|Traceback|errno|HTTP Error|yt-dlp|ffprobe", message, re.I)
+    assert len(message) <= 160
 
 
 @pytest.mark.parametrize(("info", "code"), [
@@ -641,4 +671,28 @@ def test_error_messages_do_not_show_the_workers_folders():
     error = ytdlp.classify_error([f"ERROR: unable to open for writing: [Errno 13] Permission denied: '{job}'"])
 
     assert tempfile.gettempdir() not in error.message
-    assert "media.f1.mp4" in error.message
+    assert tempfile.gettempdir() not in error.detail
+    assert "media.f1.mp4" in error.detail
+
+
+@pytest.mark.parametrize(("title", "url", "expected"), [
+    ("index", "https://cdn.example/shows/episode-12/hls/index.m3u8", "episode-12"),
+    ("manifest", "https://cdn.example/clips/Sunset%20Run/manifest.mpd", "Sunset Run"),
+    ("index", "https://cdn.example/hls/index.m3u8", "cdn.example"),
+    ("A real title", "https://cdn.example/hls/index.m3u8", "A real title"),
+    ("clip", "https://cdn.example/media/clip.mp4", "clip"),  # named after a file that means something
+])
+def test_an_untitled_manifest_is_named_after_its_last_meaningful_path_segment(title, url, expected):
+    assert ytdlp.better_title(title, url) == expected
+
+
+def test_the_whole_title_is_kept_when_ytdlp_shortens_it(tmp_path: Path):
+    media = tmp_path / "media.mp4"
+    media.write_bytes(b"x")
+    run = ytdlp._Run(max_filesize=10, on_progress=None)
+    run.results.append({"filepath": str(media), "title": "A long title that yt-dlp cut...",
+                        "fulltitle": "A long title that yt-dlp cut short, whole here"})
+
+    result = ytdlp._verdict(run, 0, "https://example.com/v", job_dir=tmp_path)
+
+    assert result.title == "A long title that yt-dlp cut short, whole here"

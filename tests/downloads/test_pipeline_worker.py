@@ -123,7 +123,7 @@ def test_permanent_source_errors_fail_with_their_code(s3_worker, owner, bucket, 
     scene = scene_states.ingest(owner, media_server.url(path))
 
     assert (scene.status, scene.error_code, scene.attempts) == (Scene.Status.FAILED, code, 1)
-    assert media_server.url(path).split("/")[-1].split(".")[0] in scene.error_message
+    assert media_server.url(path).split("/")[-1].split(".")[0] in scene.error_detail
     assert _keys(bucket) == []
     _assert_clean(bucket, job_tmp)
 
@@ -245,7 +245,7 @@ def test_s3_refusing_with_403_fails_storage_error_without_retry(s3_worker, owner
     scene = scene_states.ingest(owner, media_server.url("video.mp4"))
 
     assert (scene.status, scene.error_code, scene.attempts) == (Scene.Status.FAILED, "storage_error", 1)
-    assert "AccessDenied" in scene.error_message
+    assert "AccessDenied" in scene.error_detail
     assert len(fault_proxy.injected) == 1  # a 4xx is not retried, by botocore or by us
     assert _keys(bucket) == []
     _assert_clean(bucket, job_tmp)  # the multipart upload was aborted
