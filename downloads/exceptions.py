@@ -172,3 +172,17 @@ class RetryLater(Exception):
         super().__init__(error.message)
         self.error = error
         self.countdown = countdown
+
+
+def _codes() -> list[str]:
+    found, todo = {"internal_error", "worker_lost"}, list(MediastoreError.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        found.add(cls.code)
+        todo.extend(cls.__subclasses__())
+    return sorted(found)
+
+
+# Every code a failed scene can carry (the API's enum of ``error_code``); "" while there is no error.
+ERROR_CODES = tuple(_codes())
+ERROR_CODE_CHOICES = [(code, code) for code in ("", *ERROR_CODES)]

@@ -173,6 +173,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # An empty stage is "" in the enum itself, not a separate BlankEnum a generated client must juggle.
+    "ENUM_ADD_EXPLICIT_BLANK_NULL_CHOICE": False,
+    "ENUM_NAME_OVERRIDES": {"ErrorCodeEnum": "downloads.exceptions.ERROR_CODE_CHOICES"},
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "mediastore.schema.operations"],
 }
 
 # --- Celery ---------------------------------------------------------------------------------------------

@@ -10,7 +10,14 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.http import Http404
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
 from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import PageNumberPagination
@@ -72,8 +79,26 @@ class ErrorSerializer(serializers.Serializer[Any]):
     })
 
 
-def _errors(*codes: int) -> dict[int, type[ErrorSerializer]]:
-    return dict.fromkeys((400, 401, 403, 404, *codes), ErrorSerializer)
+_ERROR_MEANINGS = {
+    400: "The request is malformed or a field is not valid (`fields` says which).",
+    401: "No or bad credentials.",
+    403: "The credentials may not do this.",
+    404: "No such object (or not yours).",
+    409: "The object is not in a state that allows this.",
+    422: "The URL may not be fetched (`url_not_allowed`, `invalid_url`) or the key was reused.",
+    429: "Too many requests or too many active scenes; `Retry-After` says when to try again.",
+}
+
+
+def _errors(*codes: int) -> dict[int, OpenApiResponse]:
+    return {code: OpenApiResponse(ErrorSerializer, description=_ERROR_MEANINGS[code])
+            for code in (400, 401, 403, 404, *codes)}
+
+
+LOCATION = OpenApiParameter("Location", str, OpenApiParameter.HEADER, response=[202],
+                            description="The scene's URL in this API.")
+RETRY_AFTER = OpenApiParameter("Retry-After", int, OpenApiParameter.HEADER, response=[429],
+                               description="Seconds to wait before trying again.")
 
 
 class StoreThrottle(UserRateThrottle):
@@ -121,9 +146,18 @@ class MediaStoreView(APIView):
 
     @extend_schema(
         request=StoreSerializer,
-        responses={202: SceneSerializer, **_errors(409, 422, 429)},
-        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+        responses={202: OpenApiResponse(SceneSerializer, description="Accepted: the scene, queued; follow it at "
+                                                                     "`Location` (or with webhooks)."),
+                   **_errors(409, 422, 429)},
+        parameters=[
+            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
+                             description="Any unique string (≤ 255 characters): the same request sent again with "
+                                         "it within 24 h gets the first answer instead of a second scene."),
+            LOCATION, RETRY_AFTER,
+        ],
         summary="Store a media URL: answers 202 at once and ingests it in the background",
+        examples=[OpenApiExample("A Reddit post", request_only=True,
+                                 value={"url": "https://www.reddit.com/r/aww/comments/abc123/a_cat/"})],
     )
     def post(self, request: Request) -> Response:
         payload = StoreSerializer(data=request.data)
@@ -200,7 +234,8 @@ def _reach(user: User, action: str | None, model: str) -> User | None:
                                                                                  **_errors()}),
     retrieve=extend_schema(responses={200: SceneSerializer, **_errors()}),
     destroy=extend_schema(responses={204: None, **_errors()}),
-    retry=extend_schema(request=None, responses={202: SceneSerializer, **_errors(409, 422, 429)}),
+    retry=extend_schema(request=None, responses={202: SceneSerializer, **_errors(409, 422, 429)},
+                        parameters=[RETRY_AFTER]),
     cancel=extend_schema(request=None, responses={202: SceneSerializer, **_errors(409)},
                          summary="Cancel a scene: a queued one at once, a processing one within seconds"),
 )

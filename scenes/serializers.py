@@ -6,6 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from downloads.exceptions import ERROR_CODE_CHOICES
 from scenes.links import media_url, thumbnail_url
 from scenes.models import Scene
 
@@ -13,6 +14,10 @@ from scenes.models import Scene
 class SceneSerializer(serializers.ModelSerializer[Scene]):
     project = serializers.CharField(source="project_id", read_only=True, allow_null=True)
     media_url = serializers.SerializerMethodField()
+    error_code = serializers.ChoiceField(choices=ERROR_CODE_CHOICES, read_only=True,
+                                         help_text="Stable code of the last failure; empty when there is none.")
+    error_message = serializers.CharField(read_only=True, help_text="What happened, for the person.")
+    error_detail = serializers.CharField(read_only=True, help_text="The tool's own words, for engineers.")
     thumbnail_url = serializers.SerializerMethodField()
 
     class Meta:
