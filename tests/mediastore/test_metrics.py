@@ -5,24 +5,17 @@ from __future__ import annotations
 import logging
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 import redis
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from mediastore import celery_app, metrics
+from tests.harness.metrics import Samples, parse, scrape
 from tests.harness.processes import free_port, port_open
 
 TOKEN = "a-metrics-token-for-the-tests"
-
-
-def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 # --- The web's /metrics ------------------------------------------------------------------------------------
@@ -57,7 +50,7 @@ def test_web_metrics_answer_the_bearer_token(client, web_token: str):
 
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
-    assert ("mediastore_broker_up", ()) in _samples(response.content.decode())
+    assert ("mediastore_broker_up", ()) in parse(response.content.decode())
 
 
 def test_store_requests_are_counted_by_status_and_timed(client):
@@ -78,7 +71,7 @@ def test_store_requests_are_counted_by_status_and_timed(client):
 # --- Queue depth -------------------------------------------------------------------------------------------
 
 
-def _collect(collector: metrics.QueueDepthCollector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def _collect(collector: metrics.QueueDepthCollector) -> Samples:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in collector.collect()
             for s in family.samples}
 
@@ -126,15 +119,7 @@ def test_queue_depth_of_a_hung_broker_is_left_out_quickly(silent_broker: str, ca
 
 
 def _get(port: int, path: str = "/metrics", token: str | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, error.read().decode()
+    return scrape(f"http://127.0.0.1:{port}{path}", token=token)
 
 
 @pytest.fixture
@@ -169,7 +154,7 @@ def test_worker_port_answers_the_token(served: int):
     status, body = _get(served, token=TOKEN)
 
     assert status == 200
-    assert _samples(body)[("probe_total", ())] == 3
+    assert parse(body)[("probe_total", ())] == 3
 
 
 def test_worker_port_serves_only_metrics(served: int):
