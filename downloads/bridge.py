@@ -172,6 +172,37 @@ def native_logging_locks() -> None:
             handler.lock = native_rlock()
 
 
+def native_metric_locks() -> None:
+    """Give ``prometheus_client`` native locks, for the reason ``logging`` has them: the pipeline counts and
+    times on the loop thread while the metrics server's greenlets read the same values.
+
+    prometheus_client binds ``threading.Lock`` when it is imported, after the monkey-patching, so its locks
+    are gevent's. Here the modules' ``Lock`` becomes the native one (for metrics and values made from now on)
+    and the locks of what exists already (the registry, metrics made at import) are replaced. Each is held
+    for one addition or one copy, never across a greenlet switch.
+    """
+    from prometheus_client import REGISTRY, metrics, registry, values
+
+    native_lock = _original("_thread", "allocate_lock")
+    for module in (values, metrics, registry):
+        module.Lock = native_lock  # type: ignore[attr-defined]
+
+    def relock(holder: object) -> None:
+        if hasattr(holder, "_lock"):
+            holder._lock = native_lock()
+        for value in list(vars(holder).values()):
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, values.MutexValue):
+                    item._lock = native_lock()
+
+    relock(REGISTRY)
+    for collector in list(REGISTRY._collector_to_names):
+        if isinstance(collector, metrics.MetricWrapperBase):
+            relock(collector)
+            for child in list(getattr(collector, "_metrics", {}).values()):
+                relock(child)
+
+
 # --- Native pieces for the loop thread --------------------------------------------------------------------
 
 
@@ -454,6 +485,7 @@ class Bridge:
 
         global _main_hub_loop, _main_thread_ident
         native_logging_locks()  # before the loop thread can log
+        native_metric_locks()  # and before it can count
         _main_hub_loop = gevent.get_hub().loop
         _main_thread_ident = _original("_thread", "get_ident")()
         import asyncio.unix_events as unix_events

@@ -25,7 +25,7 @@ from typing import Any
 
 from django.conf import settings
 
-from downloads import bridge, cancels, egress, media, storage, ytdlp
+from downloads import bridge, cancels, egress, job_metrics, media, storage, ytdlp
 from downloads.exceptions import (
     DiskFullError,
     DownloadTimeoutError,
@@ -114,8 +114,8 @@ async def ingest(*, scene_id: str) -> str:
         logger.info("ingest %s: nothing to do (%s)", scene_id, claim.reason)
         return claim.reason
     logger.info("ingest %s: %s, attempt %d", scene_id, claim.reason, claim.attempts)
-    with cancels.cancellable(scene_id):
-        return await _ingest_claimed(scene_id, claim)
+    with cancels.cancellable(scene_id), job_metrics.run() as run:
+        return run.ended(await _ingest_claimed(scene_id, claim))
 
 
 async def _ingest_claimed(scene_id: str, claim: lifecycle.Claim) -> str:
@@ -256,6 +256,7 @@ async def _run(scene_id: str, claim: lifecycle.Claim, job_dir: Path) -> dict[str
         nonlocal mark
         now = time.monotonic()
         steps[name], mark = now - mark, now
+        job_metrics.stage_done(name, steps[name])
 
     await _check_source(claim.source_url)
     result = await ytdlp.download(claim.source_url, job_dir=job_dir, on_progress=reporter)
@@ -292,6 +293,7 @@ async def _run(scene_id: str, claim: lifecycle.Claim, job_dir: Path) -> dict[str
 async def _complete(scene_id: str, claim: lifecycle.Claim, fields: dict[str, Any]) -> str:
     if await lifecycle.complete(scene_id=scene_id, attempt=claim.attempts, fields=fields):
         logger.info("ingest %s: completed", scene_id)
+        job_metrics.ingested(fields["size_bytes"])
         return "completed"
     return await _moved(scene_id, claim, "stored, but")
 
@@ -334,6 +336,7 @@ async def _discard_stored(scene_id: str) -> None:
 
 async def _failed(scene_id: str, claim: lifecycle.Claim, error: MediastoreError, *, retry: bool = True) -> str:
     attempts = claim.attempts
+    job_metrics.error(error.code)
     await asyncio.shield(_discard_stored(scene_id))
     if retry and error.retryable and attempts < settings.MEDIA_MAX_ATTEMPTS:
         countdown = settings.MEDIA_RETRY_BACKOFF * 2 ** (attempts - 1)

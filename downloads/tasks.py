@@ -17,7 +17,7 @@ from django.db import close_old_connections
 
 from downloads import bridge, cancels, pipeline
 from downloads.asynctask import AsyncTask
-from mediastore import liveness
+from mediastore import liveness, metrics
 from mediastore.celery import app as celery_app
 from mediastore.fingerprint import config_fingerprint
 
@@ -57,6 +57,17 @@ def _worker_ready(sender: Any = None, **_: Any) -> None:
     # once is harmless: every change is a conditional update.
     _background.append(bridge.every(settings.MEDIA_SWEEP_INTERVAL, _sweep, name="sweeper"))
     _background.append(bridge.background(cancels.listen, name="cancel listener"))
+    _serve_metrics(concurrency)
+
+
+def _serve_metrics(concurrency: int) -> None:
+    # Made here, not on the first job: a scrape of an idle worker shows its zeros and its slots.
+    metrics.worker().concurrency.set(concurrency)
+    if settings.MEDIA_WORKER_METRICS_PORT:
+        stop = metrics.serve(host=settings.MEDIA_WORKER_METRICS_HOST, port=settings.MEDIA_WORKER_METRICS_PORT,
+                             token=settings.METRICS_TOKEN)
+        if stop is not None:
+            _background.append(stop)
 
 
 @task_received.connect

@@ -27,6 +27,11 @@ _PRIORITY_SEPARATOR = "\x06\x16"
 
 
 def _redis() -> Any | None:
+    return broker_redis(timeout=5)
+
+
+def broker_redis(*, timeout: float) -> Any | None:
+    """A client of the broker's Redis whose every call gives up after ``timeout`` s; None for another broker."""
     from mediastore.celery import app
 
     url = str(app.conf.broker_url)
@@ -34,7 +39,7 @@ def _redis() -> Any | None:
         return None
     import redis
 
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
 def default_hostname() -> str:

@@ -94,6 +94,7 @@ def main() -> None:
     bin_dir = os.path.dirname(sys.executable)
     commands: dict[str, list[str]] = {}
     commands["web"] = [os.path.join(bin_dir, "gunicorn"), "mediastore.wsgi:application",
+                       "-c", os.path.join(os.path.dirname(__file__), "gunicorn_conf.py"),
                        "--bind", f"{web_host}:{web_port}", "--workers", "2", "--access-logfile", "-"]
     commands["worker"] = [os.path.join(bin_dir, "celery"), "-A", "mediastore", "worker", "-P", "gevent",
                           "-c", str(settings.CELERY_WORKER_CONCURRENCY), "--loglevel", "INFO"]

@@ -297,6 +297,21 @@ WEBHOOK_TIMEOUT = env_duration("WEBHOOK_TIMEOUT", 10)
 # After a secret is rotated, deliveries are signed with the old one too for this long.
 WEBHOOK_ROTATION_OVERLAP = env_duration("WEBHOOK_ROTATION_OVERLAP", 24 * 3600)
 
+# --- Metrics --------------------------------------------------------------------------------------------
+# Scrapers send it as "Authorization: Bearer <token>". Unset: the web's /metrics answers 404 (metrics are
+# off) and the worker opens no metrics port. A short token is refused: it would protect nothing.
+METRICS_TOKEN = env_optional_str("METRICS_TOKEN")
+METRICS_TOKEN_MIN_LENGTH = 16
+if METRICS_TOKEN is not None and len(METRICS_TOKEN) < METRICS_TOKEN_MIN_LENGTH:
+    raise ImproperlyConfigured(f"METRICS_TOKEN: at least {METRICS_TOKEN_MIN_LENGTH} characters "
+                               "(e.g. `openssl rand -hex 32`)")
+# Each worker process serves its own metrics on this port (0: none). Loopback by default; a container sets
+# 0.0.0.0 so that Prometheus on the compose network can reach it.
+MEDIA_WORKER_METRICS_PORT = env_int("MEDIA_WORKER_METRICS_PORT", 0, minimum=0)
+if MEDIA_WORKER_METRICS_PORT > 65535:
+    raise ImproperlyConfigured(f"MEDIA_WORKER_METRICS_PORT: at most 65535, got {MEDIA_WORKER_METRICS_PORT}")
+MEDIA_WORKER_METRICS_HOST = env_str("MEDIA_WORKER_METRICS_HOST", "127.0.0.1")
+
 # --- Logging --------------------------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

@@ -5,6 +5,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
+from mediastore import metrics
 from mediastore.health import healthz, readyz
 from scenes import views as pages
 from scenes.api import MediaStoreView, MeView, ProjectViewSet, SceneViewSet
@@ -37,9 +38,10 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    path("api/v1/media/store", MediaStoreView.as_view(), name="media-store"),
+    path("api/v1/media/store", metrics.store_view(MediaStoreView.as_view()), name="media-store"),
     path("api/v1/me", MeView.as_view(), name="me"),
     path("api/v1/", include(router.urls)),
     path("files/scenes/<str:scene_id>/<str:kind>", SceneFileView.as_view(), name="scene-file"),

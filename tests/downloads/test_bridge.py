@@ -242,3 +242,35 @@ def test_logging_locks_are_native_in_a_patched_worker():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
     assert "still logs" in done.stderr
+
+
+_NATIVE_METRIC_LOCKS_PROBE = """
+import gevent.monkey
+gevent.monkey.patch_all()
+from gevent.monkey import get_original
+native = type(get_original("_thread", "allocate_lock")())
+from prometheus_client import REGISTRY, Counter, Histogram
+early = Histogram("probe_early_seconds", "made before", ["stage"])
+early.labels(stage="a")
+plain = Counter("probe_plain_total", "unlabelled, made before")
+assert type(plain._value._lock) is not native  # patched: a gevent-backed lock
+from downloads import bridge
+bridge.native_metric_locks()
+late = Counter("probe_late_total", "made after", ["x"])
+child = early.labels(stage="a")
+locks = {"registry": REGISTRY._lock, "early": early._lock, "early sum": child._sum._lock,
+         "plain": plain._value._lock, "late": late._lock, "late child": late.labels(x="1")._value._lock,
+         **{f"bucket {i}": bucket._lock for i, bucket in enumerate(child._buckets)}}
+gevent_backed = {name: type(lock).__name__ for name, lock in locks.items() if type(lock) is not native}
+assert not gevent_backed, gevent_backed
+print("ok")
+"""
+
+
+def test_metric_locks_are_native_in_a_patched_worker():
+    # The pipeline counts on the loop thread while the metrics server's greenlets read the same values: a
+    # gevent-backed lock shared by a native thread and greenlets can park its waiter for good (as logging's did).
+    done = subprocess.run([os.environ.get("PYTHON", sys.executable), "-c", _NATIVE_METRIC_LOCKS_PROBE],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

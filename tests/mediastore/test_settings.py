@@ -105,6 +105,9 @@ def test_durations_accept_units(text: str, seconds: float):
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"TMPDIR": "/nonexistent/mediastore-tmp"}, "TMPDIR"),
         ({"MEDIA_SWEEP_INTERVAL": "often"}, "MEDIA_SWEEP_INTERVAL"),
+        ({"METRICS_TOKEN": "short"}, "METRICS_TOKEN"),
+        ({"MEDIA_WORKER_METRICS_PORT": "70000"}, "MEDIA_WORKER_METRICS_PORT"),
+        ({"MEDIA_WORKER_METRICS_PORT": "metrics"}, "MEDIA_WORKER_METRICS_PORT"),
     ],
 )
 def test_bad_value_stops_start_up_naming_the_variable(tmp_path: Path, env: dict[str, str], named: str):
