@@ -1,5 +1,5 @@
-"""``make run``: redis (when the broker is ours to start), the web server and the gevent worker, in the
-foreground. One Ctrl-C stops all three; if web or worker exits, the other is stopped too (honcho).
+"""``make run``: redis (when the broker is ours to start), the web server, the gevent worker and the webhooks
+worker, in the foreground. One Ctrl-C stops them all; if one exits, the others are stopped too (honcho).
 
 Redis runs outside honcho, in its own session: honcho signals every process at once, and a broker that
 went first left the worker's warm shutdown failing with ConnectionError. It is stopped after the others.
@@ -96,8 +96,12 @@ def main() -> None:
     commands["web"] = [os.path.join(bin_dir, "gunicorn"), "mediastore.wsgi:application",
                        "-c", os.path.join(os.path.dirname(__file__), "gunicorn_conf.py"),
                        "--bind", f"{web_host}:{web_port}", "--workers", "2", "--access-logfile", "-"]
-    commands["worker"] = [os.path.join(bin_dir, "celery"), "-A", "mediastore", "worker", "-P", "gevent",
-                          "-c", str(settings.CELERY_WORKER_CONCURRENCY), "--loglevel", "INFO"]
+    celery_worker = [os.path.join(bin_dir, "celery"), "-A", "mediastore", "worker", "-P", "gevent"]
+    commands["worker"] = [*celery_worker, "-c", str(settings.CELERY_WORKER_CONCURRENCY), "-Q", "celery",
+                          "--loglevel", "INFO"]
+    # Webhook deliveries on a worker of their own: a slow receiver takes no download's slot.
+    commands["webhooks"] = [*celery_worker, "-c", "50", "-Q", settings.WEBHOOK_QUEUE, "-n", "webhooks@%h",
+                            "--loglevel", "INFO"]
     print(f"runstack: web on http://{web_host}:{web_port}/ (admin at /admin/); Ctrl-C stops everything",
           flush=True)
 

@@ -36,7 +36,7 @@ def test_compose_file_is_valid():
 def test_compose_runs_the_whole_stack():
     services = set(_compose("config", "--services").stdout.split())
 
-    assert {"mongo", "redis", "minio", "web", "worker", "flower", "prometheus"} <= services
+    assert {"mongo", "redis", "minio", "web", "worker", "webhooks", "flower", "prometheus"} <= services
 
 
 def test_compose_worker_uses_the_gevent_pool_against_mongodb_and_minio():
@@ -93,7 +93,7 @@ def test_prometheus_scrapes_every_worker_on_the_port_it_serves():
     worker = yaml.safe_load(_compose("config").stdout)["services"]["worker"]["environment"]
     discovery = _scrape_jobs()["mediastore-worker"]["dns_sd_configs"][0]
 
-    assert discovery["names"] == ["worker"]
+    assert discovery["names"] == ["worker", "webhooks"]
     assert discovery["port"] == int(worker["MEDIA_WORKER_METRICS_PORT"])
     assert worker["MEDIA_WORKER_METRICS_HOST"] == "0.0.0.0"  # noqa: S104  # the compose network, not published
 

@@ -40,13 +40,14 @@ def _get(port: int, path: str) -> int:
 
 def test_stack_serves_web_and_runs_the_gevent_worker_until_ctrl_c(stack):
     process, web_port, redis_port = stack
-    wait_until(lambda: port_open(web_port) and " ready." in process.log(), timeout=60, interval=0.2,
-               what="web and worker to start")
+    wait_until(lambda: port_open(web_port) and process.log().count(" ready.") == 2, timeout=60, interval=0.2,
+               what="web and both workers to start")
 
     assert _get(web_port, "/healthz") == 200
     assert _get(web_port, "/admin/") == 200  # after the redirect to the sign-in page
     log = process.log()
     assert "(gevent)" in log
+    assert "webhooks@" in log  # the webhooks worker, on its own queue
     assert re.search(rf"Connected to redis://\S*127\.0\.0\.1:{redis_port}/0", log)  # Celery masks credentials
 
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
@@ -84,8 +85,9 @@ def test_ctrl_c_while_a_job_runs_hands_it_back_and_the_next_start_completes_it(t
     def start() -> ServiceProcess:
         process = ServiceProcess([sys.executable, "-m", "mediastore.runstack"], log_path=tmp_path / "stack.log",
                                  env=env, cwd=REPO_ROOT)
-        wait_until(lambda: port_open(web_port) and process.log().count(" ready.") >= runs, timeout=60,
-                   interval=0.2, what="web and worker to start")
+        # Each start has two workers (downloads, webhooks), each saying " ready." once.
+        wait_until(lambda: port_open(web_port) and process.log().count(" ready.") >= 2 * runs, timeout=60,
+                   interval=0.2, what="web and workers to start")
         return process
 
     runs = 1
