@@ -67,9 +67,9 @@ def check_broker() -> str:
 
 def check_object_store() -> str:
     if settings.R2_BUCKET:
-        from scenes.links import _signer
+        from scenes.links import store_client
 
-        _signer().head_bucket(Bucket=settings.R2_BUCKET)
+        store_client().head_bucket(Bucket=settings.R2_BUCKET)
         return f"bucket {settings.R2_BUCKET} answers"
     root = Path(settings.MEDIA_ROOT)
     root.mkdir(parents=True, exist_ok=True)

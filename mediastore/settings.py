@@ -205,6 +205,9 @@ R2_ACCESS_KEY_ID = env_optional_str("R2_ACCESS_KEY_ID")
 R2_SECRET_ACCESS_KEY = env_optional_str("R2_SECRET_ACCESS_KEY")
 R2_REGION = env_str("R2_REGION", "auto")
 R2_PUBLIC_BASE_URL = env_url("R2_PUBLIC_BASE_URL", None, schemes=("http", "https"))
+# Where browsers reach the store, when that is not where the app does (compose: the app uses http://minio:9000,
+# a browser on the host http://localhost:9000). Presigned links are signed for this address.
+R2_PRESIGN_ENDPOINT_URL = env_url("R2_PRESIGN_ENDPOINT_URL", None, schemes=("http", "https"))
 if (R2_ACCESS_KEY_ID is None) != (R2_SECRET_ACCESS_KEY is None):
     raise ImproperlyConfigured("R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY: set both or neither")
 if R2_BUCKET is None and any((R2_ENDPOINT_URL, R2_ACCESS_KEY_ID, R2_PUBLIC_BASE_URL)):

@@ -126,10 +126,10 @@ def _sample_server() -> Iterator[tuple[str, int]]:
 
 def _stored_size(key: str) -> int | None:
     if settings.R2_BUCKET:
-        from scenes.links import _signer
+        from scenes.links import store_client
 
         try:
-            return int(_signer().head_object(Bucket=settings.R2_BUCKET, Key=key)["ContentLength"])
+            return int(store_client().head_object(Bucket=settings.R2_BUCKET, Key=key)["ContentLength"])
         except Exception:
             return None
     path = Path(settings.MEDIA_ROOT) / key

@@ -8,6 +8,7 @@ import re
 import subprocess
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.harness.services import REPO_ROOT
@@ -18,9 +19,15 @@ PROMETHEUS = REPO_ROOT / "docker" / "prometheus.yml"
 DASHBOARD = REPO_ROOT / "docker" / "grafana" / "mediastore.json"
 
 
-def _compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+# What an operator must provide: compose refuses to start without these (no known default secret).
+REQUIRED = {"R2_ACCESS_KEY_ID": "operator-key", "R2_SECRET_ACCESS_KEY": "operator-secret-123",
+            "FLOWER_BASIC_AUTH": "ops:flower-password"}
+
+
+def _compose(*args: str, env: dict[str, str] | None = None, required: bool = True) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in REQUIRED and k != "DJANGO_SECRET_KEY"}
     return subprocess.run(["docker-compose", "-f", str(COMPOSE), *args], capture_output=True, text=True,
-                          timeout=60, cwd=REPO_ROOT, env={**os.environ, **(env or {})})
+                          timeout=60, cwd=REPO_ROOT, env={**base, **(REQUIRED if required else {}), **(env or {})})
 
 
 def _scrape_jobs() -> dict[str, Any]:
@@ -31,6 +38,45 @@ def test_compose_file_is_valid():
     result = _compose("config", "--quiet")
 
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("missing", sorted(REQUIRED))
+def test_compose_refuses_to_start_without_each_secret(missing):
+    result = _compose("config", "--quiet", required=False,
+                      env={name: value for name, value in REQUIRED.items() if name != missing})
+
+    assert result.returncode != 0
+    assert missing in result.stderr
+
+
+def test_compose_has_no_known_secret_and_publishes_only_web_on_every_interface():
+    text = COMPOSE.read_text()
+    config = yaml.safe_load(_compose("config").stdout)
+
+    assert "minioadmin" not in text
+    assert "change-me" not in text
+    assert config["services"]["web"]["environment"]["DJANGO_SECRET_KEY"] == ""  # generated into the volume
+    for name, service in config["services"].items():
+        for port in service.get("ports", []):
+            host_ip = port.get("host_ip", "0.0.0.0") if isinstance(port, dict) else port  # noqa: S104
+            if name == "web":
+                continue
+            assert str(host_ip).startswith("127.0.0.1"), f"{name} is published on {port}"
+
+
+def test_dockerignore_keeps_the_venv_local_data_and_git_out_of_the_image():
+    ignored = {line.strip().rstrip("/") for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+
+    assert {".venv", "var", ".git"} <= ignored
+
+
+def test_image_code_is_owned_by_root_and_has_a_healthcheck():
+    text = DOCKERFILE.read_text()
+
+    assert "COPY --chown" not in text  # the code stays root's: the app's user cannot rewrite it
+    assert "HEALTHCHECK" in text
+    assert "/healthz" in text
 
 
 def test_compose_runs_the_whole_stack():

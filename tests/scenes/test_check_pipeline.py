@@ -17,11 +17,11 @@ def bucket(s3_bucket, s3_endpoint: str, settings):
     # The web side (this process) and the worker use the same object store, as in production.
     for variable, value in r2_env(endpoint=s3_endpoint, bucket=name).items():
         setattr(settings, variable, value)
-    from scenes.links import _signer
+    from scenes.links import store_client
 
-    _signer.cache_clear()
+    store_client.cache_clear()
     yield s3_bucket
-    _signer.cache_clear()
+    store_client.cache_clear()
 
 
 def _worker_env(s3_endpoint: str, bucket_name: str) -> dict[str, str]:
