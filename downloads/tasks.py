@@ -15,7 +15,7 @@ from celery.utils.log import get_task_logger
 from django.conf import settings
 from django.db import close_old_connections
 
-from downloads import bridge, cancels, pipeline
+from downloads import bridge, cancels, pipeline, ytdlp
 from downloads.asynctask import AsyncTask
 from mediastore import liveness, metrics
 from mediastore.celery import app as celery_app
@@ -28,7 +28,7 @@ worker_logger = logging.getLogger(__name__)  # outside a task: Celery's task log
 _background: list[Any] = []
 _reporter: liveness.Reporter | None = None
 
-REPORTED_PACKAGES = ("celery", "kombu", "django", "gevent", "pymongo", "aiobotocore", "yt-dlp")
+REPORTED_PACKAGES = ("celery", "kombu", "django", "gevent", "pymongo", "aiobotocore", "yt-dlp", "yt-dlp-ejs", "deno")
 
 
 @worker_init.connect
@@ -167,7 +167,8 @@ def package_versions() -> dict[str, str]:
 
 @celery_app.task(name="downloads.worker_info")
 def worker_info() -> dict[str, Any]:
-    """What this worker runs and sees: versions, a settings fingerprint, job folders left in its temp dir."""
+    """What this worker runs and sees: versions, a settings fingerprint, job folders left in its temp dir, the
+    JavaScript runtime yt-dlp gets."""
     leftovers = sorted(p.name for p in Path(tempfile.gettempdir()).glob(f"{pipeline.JOB_DIR_PREFIX}*"))
     return {"versions": package_versions(), "gevent_active": bridge.gevent_is_active(),
-            "fingerprint": config_fingerprint(), "job_dirs": leftovers}
+            "fingerprint": config_fingerprint(), "job_dirs": leftovers, "js_runtime": ytdlp.js_runtime_version()}

@@ -112,8 +112,33 @@ def build_argv(url: str, *, job_dir: Path, max_filesize: int) -> list[str]:
         "--downloader", "native", "--hls-prefer-native",
         "-f", "bv*+ba/b", "--merge-output-format", "mp4",
         "--ffmpeg-location", settings.FFMPEG_PATH,
+        *js_runtime_options(),
         "--", url,
     ]
+
+
+def js_runtime_version() -> str | None:
+    """``deno 2.9.8`` (the runtime's name and version, as it answers), or None when there is none that runs."""
+    import subprocess
+
+    runtime = settings.MEDIA_JS_RUNTIME
+    if not runtime or runtime == "none":
+        return None
+    try:
+        done = subprocess.run([runtime, "--version"], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    first = (done.stdout.strip().splitlines() or [""])[0]
+    return f"{first} at {runtime}" if first else None
+
+
+def js_runtime_options() -> list[str]:
+    """The JavaScript runtime, named explicitly: yt-dlp's own search would take whatever is on PATH."""
+    runtime = settings.MEDIA_JS_RUNTIME
+    if not runtime or runtime == "none":
+        return ["--no-js-runtimes"]
+    name = Path(runtime).name.split(".")[0]
+    return ["--no-js-runtimes", "--js-runtimes", f"{name}:{runtime}"]
 
 
 def _number(text: str) -> int | None:

@@ -253,6 +253,19 @@ MEDIA_WORKER_STALL_AFTER = env_duration("MEDIA_WORKER_STALL_AFTER", 120)
 FFMPEG_PATH = env_str("FFMPEG_PATH", shutil.which("ffmpeg") or "ffmpeg")
 FFPROBE_PATH = env_str("FFPROBE_PATH", shutil.which("ffprobe") or "ffprobe")
 
+
+def _bundled_deno() -> str:
+    try:
+        from deno import find_deno_bin  # type: ignore[import-untyped]  # the pinned "deno" package
+    except ImportError:
+        return shutil.which("deno") or ""
+    return str(find_deno_bin())
+
+
+# The JavaScript runtime yt-dlp solves YouTube's challenges with (with the pinned yt-dlp-ejs scripts); since
+# yt-dlp 2025.11 YouTube loses formats without one. A path to deno, node or bun; "none" turns it off.
+MEDIA_JS_RUNTIME = env_str("MEDIA_JS_RUNTIME", _bundled_deno() or "none")
+
 if MEDIA_DOWNLOAD_TIMEOUT >= CELERY_TASK_SOFT_TIME_LIMIT:
     raise ImproperlyConfigured(
         f"MEDIA_DOWNLOAD_TIMEOUT ({MEDIA_DOWNLOAD_TIMEOUT:g}s) must be below CELERY_TASK_SOFT_TIME_LIMIT "

@@ -6,6 +6,7 @@ Each check yields a ``Check`` (PASS, WARN or FAIL, with a reason); ``check_pipel
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import tempfile
 import threading
 import time
@@ -72,6 +73,7 @@ def run_checks(*, e2e: bool, timeout: float = 60.0) -> Iterator[Check]:
         return
     yield _fingerprint_check(info["fingerprint"])
     yield from _version_checks(info["versions"])
+    yield from _youtube_checks(info)
     if e2e:
         yield from _end_to_end(timeout=timeout)
 
@@ -83,6 +85,32 @@ def _fingerprint_check(worker: dict[str, str]) -> Check:
         return Check("0.1.1", "configuration", "FAIL",
                      f"web and worker differ in {', '.join(differ)} (values compared hashed)")
     return Check("0.1.1", "configuration", "PASS", f"web and worker agree on {len(ours)} settings")
+
+
+YTDLP_MAX_AGE_DAYS = 60  # sites change; a yt-dlp older than this probably misses their latest changes
+
+
+def _youtube_checks(info: dict[str, Any], *, today: dt.date | None = None) -> Iterator[Check]:
+    """What YouTube needs of the worker: a recent yt-dlp and a JavaScript runtime (with yt-dlp-ejs)."""
+    version = str(info["versions"].get("yt-dlp", "not installed"))
+    try:
+        released = dt.date(*(int(part) for part in version.split(".")[:3]))
+    except (TypeError, ValueError):
+        yield Check("0.1.2", "yt-dlp age", "WARN", f"cannot tell the age of yt-dlp {version}")
+    else:
+        age = ((today or dt.date.today()) - released).days
+        if age > YTDLP_MAX_AGE_DAYS:
+            yield Check("0.1.2", "yt-dlp age", "WARN", f"yt-dlp {version} is {age} days old (over "
+                        f"{YTDLP_MAX_AGE_DAYS}); sites change often: `make update-ytdlp` moves it to the newest")
+        else:
+            yield Check("0.1.2", "yt-dlp age", "PASS", f"yt-dlp {version}, {age} days old")
+    runtime = info.get("js_runtime")
+    if runtime:
+        yield Check("0.1.2", "JavaScript runtime", "PASS", f"{runtime} (yt-dlp-ejs "
+                    f"{info['versions'].get('yt-dlp-ejs', 'not installed')})")
+    else:
+        yield Check("0.1.2", "JavaScript runtime", "WARN", "none found: YouTube downloads lose formats or fail; "
+                    "the pinned deno package provides one, or set MEDIA_JS_RUNTIME to deno, node or bun")
 
 
 def _version_checks(worker: dict[str, str]) -> Iterator[Check]:
