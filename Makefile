@@ -13,11 +13,12 @@ RUN_DEPS := redis-server=redis-server ffmpeg=ffmpeg ffprobe=ffmpeg
 # The browser tests use Debian's chromium; CHROMIUM_PATH points them at another Chromium or Chrome instead.
 TEST_DEPS := $(RUN_DEPS) docker-compose=docker-compose $(if $(CHROMIUM_PATH),,chromium=chromium)
 
-.PHONY: help run test bench faults lint typecheck update-ytdlp system-deps-run system-deps-test
+.PHONY: help run test test-fast bench faults lint typecheck update-ytdlp system-deps-run system-deps-test
 
 help:
 	@echo "make run    set up and start redis, web (http://127.0.0.1:8000) and the gevent worker"
 	@echo "make test   set up and run lint, type checks and the whole test suite"
+	@echo "make test-fast  lint, type checks and the tests that start no worker, browser or server (under 2 min)"
 	@echo "make bench  run every benchmark in benchmarks/ and print one table"
 	@echo "make faults inject worker, broker, store and disk faults; count stuck, lost and leftover (about 10 min)"
 	@echo "make update-ytdlp  move yt-dlp (and yt-dlp-ejs) to the newest release if the pipeline tests pass"
@@ -30,6 +31,9 @@ run: system-deps-run $(VENV)/.installed-prod
 
 test: system-deps-test $(VENV)/.installed-dev lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: system-deps-test $(VENV)/.installed-dev lint typecheck
+	$(BIN)/python -m pytest -m "not stack" $(PYTEST_ARGS)
 
 bench: system-deps-test $(VENV)/.installed-dev
 	$(BIN)/python -m benchmarks

@@ -21,7 +21,17 @@ from tests.harness.services import CeleryWorker, redis_server, s3_server, s3_tes
 USING_MONGODB = (os.environ.get("DATABASE_URL") or "").startswith(("mongodb://", "mongodb+srv://"))
 
 
+# Tests that start a whole process stack (a gevent worker, a browser, the web server, make run's stack): what
+# `make test-fast` leaves out (-m "not stack").
+_STACK_FIXTURES = {"start_worker", "browser", "chromium", "s3_worker", "worker"}
+_STACK_MODULES = ("test_runstack.py", "test_gunicorn_conf.py", "test_celery_worker.py", "test_worker_recovery.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & _STACK_FIXTURES or item.path.name.endswith(("_worker.py", "_browser.py", *_STACK_MODULES)):
+            item.add_marker(pytest.mark.stack)
     if USING_MONGODB:
         return
     skip = pytest.mark.skip(reason="needs DATABASE_URL pointing at MongoDB")
