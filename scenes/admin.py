@@ -8,6 +8,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.defaultfilters import filesizeformat
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 from django_celery_results.models import TaskResult
@@ -16,6 +17,7 @@ from scenes import services, webhooks
 from scenes.lifecycle import SceneStateConflict
 from scenes.links import media_url, thumbnail_url
 from scenes.models import Project, Scene, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from scenes.templatetags.scene_format import clock
 from scenes.validators import UrlRejected
 
 _BADGE_COLOURS: dict[str, str] = {
@@ -24,21 +26,38 @@ _BADGE_COLOURS: dict[str, str] = {
 }
 
 
+def naturaltime_delta(delta: Any) -> str:
+    seconds = max(0.0, delta.total_seconds())
+    return f"{seconds:.1f} s" if seconds < 60 else clock(seconds)
+
+
 def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @admin.register(Scene)
 class SceneAdmin(admin.ModelAdmin[Scene]):
-    list_display = ["preview", "title_or_url", "source", "badge", "stage", "progress_bar", "error_code", "attempts",
-                    "owner", "project", "created_at", "updated_at"]
+    # Seven columns: it fits a 1280 px screen with Status in view (the source is in the title's tooltip and
+    # on the change page; stage, progress and the error code are in the status cell).
+    list_display = ["preview", "title_or_url", "badge", "owner", "project", "created_at", "attempts"]
+    list_display_links = ["title_or_url"]
     list_filter = ["status", "error_code", "stage", "created_at"]
     search_fields = ["source_url", "title", "id"]
     ordering = ["-created_at"]
     list_select_related = ["owner", "project"]
     actions = ["requeue_failed", "cancel", "delete_with_media"]
-    readonly_fields = ["media_link", "thumbnail_link", "task_link", "error_message",
-                       *[f.name for f in Scene._meta.fields if f.name not in {"title", "project", "error_message"}]]
+    fieldsets = [
+        (None, {"fields": ["title", "source", "project", "owner", "badge"]}),
+        ("Media", {"fields": ["media_link", "thumbnail_link", "human_duration", "human_size", "dimensions",
+                              "codecs", "content_type"]}),
+        ("Failure", {"fields": ["error_code", "error_message", "error_detail"]}),
+        ("Processing", {"fields": ["attempts", "task_link", "timings", "cancel_requested_at", "id"]}),
+        ("Storage keys", {"classes": ["collapse"], "fields": ["storage_key", "thumbnail_key"]}),
+    ]
+    readonly_fields = ["source", "owner", "badge", "media_link", "thumbnail_link", "human_duration", "human_size",
+                       "dimensions", "codecs", "content_type", "error_code", "error_message", "error_detail",
+                       "attempts", "task_link", "timings", "cancel_requested_at", "id", "storage_key",
+                       "thumbnail_key"]
 
     # Bulk delete must go through scene_delete, which also deletes the stored objects.
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
@@ -59,24 +78,52 @@ class SceneAdmin(admin.ModelAdmin[Scene]):
 
     @admin.display(description="Title", ordering="title")
     def title_or_url(self, scene: Scene) -> str:
-        return _short(scene.title or scene.source_url, 50)
+        # An untitled scene shows its URL once, here; the full URL is the tooltip.
+        return format_html('<span title="{}">{}</span>', scene.source_url, _short(scene.title or scene.source_url, 60))
 
     @admin.display(description="Source")
     def source(self, scene: Scene) -> str:
         return format_html('<a href="{}" rel="noreferrer noopener" target="_blank">{}</a>', scene.source_url,
-                           _short(scene.source_url, 40))
+                           scene.source_url)
 
     @admin.display(description="Status", ordering="status")
     def badge(self, scene: Scene) -> str:
-        return format_html('<span style="background:{};color:#fff;padding:2px 8px;border-radius:9px">{}</span>',
-                           _BADGE_COLOURS.get(scene.status, "#6c757d"), scene.get_status_display())
+        badge = format_html('<span style="background:{};color:#fff;padding:2px 8px;border-radius:9px;'
+                            'white-space:nowrap">{}</span>',
+                            _BADGE_COLOURS.get(scene.status, "#6c757d"), scene.get_status_display())
+        if scene.status == Scene.Status.PROCESSING:
+            progress = scene.progress or 0
+            return format_html('{} <progress max="100" value="{}" title="{}%" style="width:5em"></progress> {}',
+                               badge, progress, progress, scene.get_stage_display())
+        if scene.status == Scene.Status.FAILED and scene.error_code:
+            return format_html('{} <code>{}</code>', badge, scene.error_code)
+        return badge
 
-    @admin.display(description="Progress")
-    def progress_bar(self, scene: Scene) -> str:
-        if scene.status != Scene.Status.PROCESSING or scene.progress is None:
-            return ""
-        return format_html('<progress max="100" value="{}" title="{}%"></progress> {}%', scene.progress,
-                           scene.progress, scene.progress)
+    @admin.display(description="Duration")
+    def human_duration(self, scene: Scene) -> str:
+        return clock(scene.duration) or "—"
+
+    @admin.display(description="Size")
+    def human_size(self, scene: Scene) -> str:
+        return filesizeformat(scene.size_bytes) if scene.size_bytes is not None else "—"
+
+    @admin.display(description="Dimensions")
+    def dimensions(self, scene: Scene) -> str:
+        return f"{scene.width}x{scene.height}" if scene.width and scene.height else "—"
+
+    @admin.display(description="Codecs")
+    def codecs(self, scene: Scene) -> str:
+        return " / ".join(codec for codec in (scene.video_codec, scene.audio_codec) if codec) or "—"
+
+    @admin.display(description="Timings")
+    def timings(self, scene: Scene) -> str:
+        parts = [f"added {scene.created_at:%Y-%m-%d %H:%M:%S}"]
+        if scene.started_at:
+            parts.append(f"started {naturaltime_delta(scene.started_at - scene.created_at)} later")
+        if scene.completed_at and scene.started_at:
+            parts.append(f"took {naturaltime_delta(scene.completed_at - scene.started_at)}")
+        parts.append(f"last change {scene.updated_at:%Y-%m-%d %H:%M:%S}")
+        return "; ".join(parts)
 
     @admin.display(description="Media")
     def media_link(self, scene: Scene) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,7 @@ def test_scene_list_shows_status_badges_and_progress():
 
     assert "Processing</span>" in page
     assert '<progress max="100" value="42"' in page
+    assert len(re.findall(r'<th scope="col" class="[^"]*\bcolumn-', page)) <= 7
 
 
 @pytest.mark.django_db
@@ -123,6 +125,7 @@ def test_scene_detail_shows_the_full_error_and_the_task_result():
     page = _browser(staff).get(f"/admin/scenes/scene/{scene.pk}/change/").content.decode()
 
     assert "HTTP Error 404 " + "x" * 300 in page  # the whole message, not a shortened one
+    assert "Failure" in page  # in fieldsets: message and detail together
     assert "/admin/django_celery_results/taskresult/" in page
     assert 'name="title"' in page  # editable
     assert 'name="source_url"' not in page  # read-only
@@ -176,3 +179,25 @@ def test_webhook_admin_refuses_a_url_into_a_refused_network_and_sends_a_delivery
     assert "Sending 1 delivery(ies) again." in response.content.decode()
     assert WebhookDelivery.objects.get().status == "pending"
     assert send.call_args.args == (delivery.pk,)
+
+
+@pytest.mark.django_db
+def test_scene_detail_shows_sizes_and_durations_for_people_and_the_error_detail():
+    staff = _staff("reader", "view_scene", "change_scene")
+    scene = services.scene_create(owner=staff, source_url="https://example.com/v.mp4")
+    scene_states.start(scene_id=scene.pk)
+    scene_states.complete(scene_id=scene.pk, storage_key="scenes/x/media.mp4", size_bytes=507211, duration=5.0,
+                          width=320, height=240, video_codec="h264", audio_codec="aac")
+    failed = services.scene_create(owner=staff, source_url="https://example.com/gone.mp4")
+    Scene.objects.filter(pk=failed.pk).update(status="failed", error_code="not_found", error_message="Gone.",
+                                              error_detail="[generic] gone: HTTP Error 404: Not Found")
+
+    page = _browser(staff).get(f"/admin/scenes/scene/{scene.pk}/change/").content.decode()
+    failed_page = _browser(staff).get(f"/admin/scenes/scene/{failed.pk}/change/").content.decode()
+
+    assert "495.3\xa0KB" in page
+    assert "0:05" in page
+    assert "320x240" in page
+    assert "h264 / aac" in page
+    assert "507211" not in page
+    assert "[generic] gone: HTTP Error 404: Not Found" in failed_page
