@@ -59,3 +59,12 @@ def test_image_runs_as_a_non_root_user_with_ffmpeg():
     assert users[-1] not in {"root", "0"}
     assert any("ffmpeg" in line for line in lines if "apt-get install" in line)
     assert "requirements/prod.txt" in DOCKERFILE.read_text()
+
+
+def test_image_serves_the_asgi_app_through_uvicorn_workers():
+    command = yaml.safe_load(_compose("config").stdout)["services"]["web"].get("command")
+    cmd = next(line for line in DOCKERFILE.read_text().splitlines() if line.startswith("CMD "))
+    argv = command or yaml.safe_load(cmd.removeprefix("CMD "))
+
+    assert argv[:2] == ["gunicorn", "mediastore.asgi:application"]
+    assert argv[argv.index("-k") + 1] == "mediastore.asgi_worker.UvicornWorker"
