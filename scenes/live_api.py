@@ -103,6 +103,7 @@ async def scene_events(request: HttpRequest) -> HttpResponseBase:
 async def _stream(hub: live_hub.Hub, scope: live_hub.Scope, resume: str | None) -> AsyncIterator[bytes]:
     from redis.exceptions import RedisError
 
+    _release_request_thread()
     try:
         subscriber, position = hub.subscribe(scope)
     except live_hub.RedisUnavailable:
@@ -137,6 +138,23 @@ async def _stream(hub: live_hub.Hub, scope: live_hub.Scope, resume: str | None) 
                 return
     finally:
         hub.unsubscribe(subscriber)
+
+
+def _release_request_thread() -> None:
+    """Let the request's own thread go while its stream is open.
+
+    Django's ASGI handler gives each request a thread for its sync parts (``ThreadSensitiveContext``: the
+    middleware, our ``_authorize``) and keeps it until the response is over, so every open stream held an
+    idle thread: 201 threads and about 130 KiB per stream for 200 streams (benchmarks/bench_sse.py). By the
+    time the body is iterated no sync part is left but ``response.close()`` at the end, for which asgiref
+    makes a new thread. (asgiref 3.13's ``SyncToAsync`` keeps these executors by context.)
+    """
+    from asgiref.sync import SyncToAsync
+
+    context = SyncToAsync.thread_sensitive_context.get(None)
+    executor = SyncToAsync.context_to_thread_executor.pop(context, None) if context is not None else None
+    if executor is not None:
+        executor.shutdown(wait=False)
 
 
 def _ending(reason: str) -> dict[str, Any]:
