@@ -115,21 +115,29 @@ async def _poll(port: int, cookie: str, paths: list[str], seconds: float) -> lis
 
     async def client(path: str, offset: float) -> None:
         await asyncio.sleep(offset)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: sessionid={cookie}\r\nHX-Request: true\r\n\r\n"
+        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         try:
             while (started := time.perf_counter()) < stop:
+                if connection is None:  # a sync worker closes every connection after its answer
+                    connection = await asyncio.open_connection("127.0.0.1", port)
+                reader, writer = connection
                 writer.write(request.encode())
                 await writer.drain()
-                length = 0
+                length, close = 0, False
                 while (line := await reader.readline()) not in {b"\r\n", b""}:
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":")[1])
+                    close = close or line.lower().startswith(b"connection: close")
                 await reader.readexactly(length)
                 latencies.append(time.perf_counter() - started)
+                if close:
+                    writer.close()
+                    connection = None
                 await asyncio.sleep(max(0.0, POLL_INTERVAL - (time.perf_counter() - started)))
         finally:
-            writer.close()
+            if connection is not None:
+                connection[1].close()
 
     await asyncio.gather(*(client(path, i * POLL_INTERVAL / len(paths)) for i, path in enumerate(paths)))
     return latencies
@@ -178,7 +186,32 @@ def run(*, database_url: str) -> list[Result]:
             figures = asyncio.run(_measure(web.port, pid, cookie, scenes))
         finally:
             web.stop()
+        figures.update(_wsgi_polling(env, Path(tmp), cookie, scenes))
     return _results(**figures)
+
+
+def _wsgi_polling(env: dict[str, str], tmp: Path, cookie: str, scenes: list[object]) -> dict[str, float]:
+    """The polling page on one sync WSGI worker, the server before this change (access log on, as it was)."""
+    import sys
+
+    from tests.harness.processes import ServiceProcess, free_port, port_open, wait_until
+    from tests.harness.services import REPO_ROOT
+
+    port = free_port()
+    server = ServiceProcess([str(Path(sys.executable).with_name("gunicorn")), "mediastore.wsgi:application",
+                             "--bind", f"127.0.0.1:{port}", "--workers", "1", "--access-logfile", "-"],
+                            log_path=tmp / "wsgi.log", env=env, cwd=REPO_ROOT)
+    try:
+        wait_until(lambda: port_open(port) and "Booting worker" in server.log(), timeout=30, what="gunicorn (WSGI)")
+        [pid] = [int(p) for p in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()]
+        paths = [f"/scenes/{scene.pk}/row" for scene in scenes]  # type: ignore[attr-defined]
+        asyncio.run(_poll(port, cookie, paths[:1], 1.0))  # warm-up
+        cpu_before = _cpu_seconds(pid)
+        latencies = asyncio.run(_poll(port, cookie, paths, SECONDS))
+        cpu = (_cpu_seconds(pid) - cpu_before) / SECONDS
+    finally:
+        server.stop()
+    return {"wsgi_poll_cpu": cpu, "wsgi_poll_rate": len(latencies) / SECONDS, "wsgi_poll_p50": _pct(latencies, 50)}
 
 
 async def _measure(port: int, pid: int, cookie: str, scenes: list[object]) -> dict[str, float]:
@@ -229,9 +262,14 @@ async def _measure(port: int, pid: int, cookie: str, scenes: list[object]) -> di
 
 def _results(*, idle_rss: float, open_rss: float, busy_rss: float, poll_rss: float, idle_threads: float,
              open_threads: float, idle_cpu: float, busy_cpu: float, poll_cpu: float, p50: float, p99: float,
-             delivered: float, expected: float, poll_rate: float, poll_p50: float, poll_p99: float) -> list[Result]:
+             delivered: float, expected: float, poll_rate: float, poll_p50: float, poll_p99: float,
+             wsgi_poll_cpu: float, wsgi_poll_rate: float, wsgi_poll_p50: float) -> list[Result]:
     wanted = CLIENTS / POLL_INTERVAL
     return [
+        Result("sse", f"polling {CLIENTS} rows 1/s on one uvicorn worker, req/s", poll_rate,
+               "the same on one sync WSGI worker (the server before), req/s", wsgi_poll_rate, "req/s",
+               f"CPU {poll_cpu * 100:.0f} % vs {wsgi_poll_cpu * 100:.0f} % of a core; response p50 {poll_p50:.0f} "
+               f"vs {wsgi_poll_p50:.0f} ms: the fallback's cost of the server change"),
         Result("sse", f"web CPU, {CLIENTS} streams + {RATE} changes/s, % of a core", busy_cpu * 100,
                f"polling {CLIENTS} rows 1/s, % of a core", poll_cpu * 100, "%",
                f"one uvicorn worker; {delivered:.0f}/{expected:.0f} deliveries; polling kept {poll_rate:.0f} of "
