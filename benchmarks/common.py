@@ -114,9 +114,10 @@ def looped_video(source: Path, target: Path, *, at_least: int) -> Path:
 
 @contextmanager
 def gunicorn_server(*, database_url: str, workdir: Path) -> Iterator[int]:
-    """The web app under gunicorn (4 workers) with its own redis broker, as in production; yields the port."""
+    """The web app under gunicorn (4 uvicorn workers) with its own redis broker, as in production; yields the port."""
     import sys
 
+    from mediastore.runstack import web_command
     from tests.harness.processes import ServiceProcess, free_port, port_open, wait_until
     from tests.harness.services import REPO_ROOT
 
@@ -124,9 +125,9 @@ def gunicorn_server(*, database_url: str, workdir: Path) -> Iterator[int]:
         port = free_port()
         env = worker_environment(broker_url=broker_url, database_url=database_url, data_dir=workdir / "data",
                                  extra={"MEDIA_STORE_RATE": "1000000/min", "DJANGO_ALLOWED_HOSTS": "127.0.0.1"})
-        server = ServiceProcess([str(Path(sys.executable).with_name("gunicorn")), "mediastore.wsgi:application",
-                                 "--bind", f"127.0.0.1:{port}", "--workers", "4", "--log-level", "warning"],
-                                log_path=workdir / "gunicorn.log", env=env, cwd=REPO_ROOT)
+        argv = [*web_command(bin_dir=str(Path(sys.executable).parent), bind=f"127.0.0.1:{port}", workers=4,
+                             access_log=False), "--log-level", "warning"]
+        server = ServiceProcess(argv, log_path=workdir / "gunicorn.log", env=env, cwd=REPO_ROOT)
         try:
             wait_until(lambda: port_open(port), timeout=30, what="gunicorn")
             yield port

@@ -84,6 +84,16 @@ def _redis(argv: list[str] | None, broker_url: str) -> Iterator[None]:
         print("runstack: redis-server stopped", flush=True)
 
 
+def web_command(*, bin_dir: str, bind: str, workers: int, access_log: bool = True) -> list[str]:
+    """gunicorn serving the ASGI app through uvicorn workers (see ``mediastore.asgi_worker``): the live stream
+    is an async view; the DRF views and pages run in threads as under WSGI."""
+    return [os.path.join(bin_dir, "gunicorn"), "mediastore.asgi:application",
+            "-k", "mediastore.asgi_worker.UvicornWorker", "--bind", bind, "--workers", str(workers),
+            # Prometheus multiprocess mode for the workers' metrics (see mediastore/gunicorn_conf.py).
+            "-c", os.path.join(os.path.dirname(os.path.abspath(__file__)), "gunicorn_conf.py"),
+            *(["--access-logfile", "-"] if access_log else [])]
+
+
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mediastore.settings")
     django.setup()
@@ -93,9 +103,7 @@ def main() -> None:
     web_port = os.environ.get("WEB_PORT", "8000")
     bin_dir = os.path.dirname(sys.executable)
     commands: dict[str, list[str]] = {}
-    commands["web"] = [os.path.join(bin_dir, "gunicorn"), "mediastore.wsgi:application",
-                       "-c", os.path.join(os.path.dirname(__file__), "gunicorn_conf.py"),
-                       "--bind", f"{web_host}:{web_port}", "--workers", "2", "--access-logfile", "-"]
+    commands["web"] = web_command(bin_dir=bin_dir, bind=f"{web_host}:{web_port}", workers=2)
     celery_worker = [os.path.join(bin_dir, "celery"), "-A", "mediastore", "worker", "-P", "gevent"]
     commands["worker"] = [*celery_worker, "-c", str(settings.CELERY_WORKER_CONCURRENCY), "-Q", "celery",
                           "--loglevel", "INFO"]

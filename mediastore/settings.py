@@ -303,6 +303,10 @@ MEDIA_STORE_RATE = env_str("MEDIA_STORE_RATE", "60/min")
 # --- Live messages (cancels, the live stream) -----------------------------------------------------------
 # Redis for messages that are not tasks; the broker's by default.
 REDIS_URL = env_url("REDIS_URL", CELERY_BROKER_URL, schemes=("redis", "rediss"))
+# The live stream (GET /api/v1/scenes/events) keeps about this many events for clients that resume, and
+# sends a comment this often on a quiet stream so that proxies keep it open.
+LIVE_STREAM_MAXLEN = env_int("LIVE_STREAM_MAXLEN", 10_000, minimum=100)
+LIVE_HEARTBEAT = env_duration("LIVE_HEARTBEAT", 15)
 
 # --- Webhooks -------------------------------------------------------------------------------------------
 # Seconds between a failed delivery and its next attempt; after the last one the delivery fails and its

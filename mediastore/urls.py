@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
@@ -9,6 +9,7 @@ from mediastore import metrics
 from mediastore.health import healthz, readyz
 from scenes import views as pages
 from scenes.api import MediaStoreView, MeView, ProjectViewSet, SceneViewSet
+from scenes.live_api import scene_events
 from scenes.views import SceneFileView
 from scenes.webhook_api import WebhookDeliveryViewSet, WebhookEndpointViewSet
 
@@ -43,6 +44,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/media/store", metrics.store_view(MediaStoreView.as_view()), name="media-store"),
     path("api/v1/me", MeView.as_view(), name="me"),
+    # Before the router, whose scenes/<id> would take "events" for an id.
+    re_path(r"^api/v1/scenes/events/?$", scene_events, name="scene-events"),
     path("api/v1/", include(router.urls)),
     path("files/scenes/<str:scene_id>/<str:kind>", SceneFileView.as_view(), name="scene-file"),
 ]

@@ -9,5 +9,6 @@ class ScenesConfig(AppConfig):
 
     def ready(self) -> None:
         # Connect the post_delete receivers: the lifecycle announces every deleted scene, and the services
-        # send its stored objects after it, whichever way the row disappeared.
-        from scenes import lifecycle, services  # noqa: F401
+        # send its stored objects after it, whichever way the row disappeared. The live push listens to
+        # every announced change.
+        from scenes import lifecycle, live, services  # noqa: F401

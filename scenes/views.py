@@ -27,7 +27,7 @@ from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from scenes import ranges, selectors, services
+from scenes import live, ranges, selectors, services
 from scenes.api import StoreThrottle
 from scenes.forms import StoreForm
 from scenes.lifecycle import SceneStateConflict
@@ -147,6 +147,8 @@ def _page(request: HtmxHttpRequest, *, form: StoreForm, status: int = 200, form_
     return render(request, "scenes/page.html", {
         "form": form, "form_error": form_error, "page": page, "rows": [_row(s, request) for s in page],
         "status_filter": status_filter, "statuses": Scene.Status.choices, "notice": notice,
+        # The page's live stream resumes from here: what changes between this render and its start is sent too.
+        "events_from": live.stream_position(),
     }, status=status)
 
 

@@ -16,7 +16,14 @@ from django.db import connections
 
 from mediastore import celery_app
 from tests.harness.media import MediaFiles, MediaServer, generate_media
-from tests.harness.services import CeleryWorker, redis_server, s3_server, s3_test_client, worker_environment
+from tests.harness.services import (
+    CeleryWorker,
+    WebServer,
+    redis_server,
+    s3_server,
+    s3_test_client,
+    worker_environment,
+)
 
 USING_MONGODB = (os.environ.get("DATABASE_URL") or "").startswith(("mongodb://", "mongodb+srv://"))
 
@@ -62,12 +69,21 @@ def redis_session_url(harness_dir: Path) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(autouse=True)
+def _live_messages_stay_in_the_harness(settings):
+    """Every transition publishes to ``REDIS_URL`` (``scenes.live``), whose default is the Redis ``make run``
+    uses: no test writes there. Port 1 refuses at once; ``broker_url`` points it at the harness's Redis."""
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+
+
 @pytest.fixture
-def broker_url(redis_session_url: str) -> str:
-    """The session's Redis, emptied: no test sees another's messages or unacked entries."""
+def broker_url(redis_session_url: str, settings) -> str:
+    """The session's Redis, emptied: no test sees another's messages or unacked entries. Live messages
+    (cancels, the live stream) go there too."""
     client = redis.Redis.from_url(redis_session_url)
     client.flushall()
     client.close()
+    settings.REDIS_URL = redis_session_url
     return redis_session_url
 
 
@@ -141,3 +157,29 @@ def start_worker(transactional_db: None, broker_url: str, tmp_path: Path) -> Ite
     finally:
         for worker in workers:
             worker.stop()
+
+
+StartWeb = Callable[..., WebServer]
+
+
+@pytest.fixture
+def start_web(transactional_db: None, broker_url: str, tmp_path: Path) -> Iterator[StartWeb]:
+    """Start the app as production serves it (gunicorn, uvicorn workers, ASGI) on the test broker and test
+    database, with the same ``DATA_DIR`` as ``start_worker``'s workers (so it serves their local media)."""
+    servers: list[WebServer] = []
+
+    def start(*, env: Mapping[str, str] | None = None, workers: int = 1) -> WebServer:
+        server = WebServer(
+            env=worker_environment(broker_url=broker_url, database_url=_worker_database_url(),
+                                   data_dir=tmp_path / "worker-data", extra=env),
+            log_path=tmp_path / f"web-{len(servers)}.log", workers=workers,
+        )
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()

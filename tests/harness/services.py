@@ -64,6 +64,41 @@ def s3_server(workdir: Path) -> Iterator[str]:
         process.stop(grace=5)
 
 
+class WebServer:
+    """The app as production serves it (``mediastore.runstack.web_command``: gunicorn, uvicorn workers, ASGI) on
+    a free loopback port, logging to a file."""
+
+    def __init__(self, *, env: Mapping[str, str], log_path: Path, workers: int = 1) -> None:
+        from mediastore.runstack import web_command
+
+        self.port = free_port()
+        argv = web_command(bin_dir=str(Path(sys.executable).parent), bind=f"127.0.0.1:{self.port}", workers=workers)
+        self.process = ServiceProcess(argv, log_path=log_path, env=dict(env), cwd=REPO_ROOT)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        def ready() -> bool:
+            if not self.process.alive():
+                raise RuntimeError(f"the web server exited during start-up:\n{self.log()[-4000:]}")
+            return port_open(self.port) and "Booting worker" in self.log()
+
+        wait_until(ready, timeout=timeout, interval=0.1, what="the web server to listen")
+
+    def worker_pids(self) -> list[int]:
+        """The gunicorn worker processes (the master's children)."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        return [int(pid) for pid in children]
+
+    def log(self) -> str:
+        return self.process.log()
+
+    def stop(self) -> None:
+        self.process.stop(grace=15)
+
+
 class CeleryWorker:
     """``celery worker -P gevent`` in its own process group, logging to a file."""
 

@@ -172,3 +172,12 @@ def test_dashboard_has_a_panel_for_every_metric():
 
 def test_dashboard_shows_only_metrics_that_exist():
     assert _dashboard_metrics() - _defined_metrics() == set()
+
+
+def test_image_serves_the_asgi_app_through_uvicorn_workers():
+    command = yaml.safe_load(_compose("config").stdout)["services"]["web"].get("command")
+    cmd = next(line for line in DOCKERFILE.read_text().splitlines() if line.startswith("CMD "))
+    argv = command or yaml.safe_load(cmd.removeprefix("CMD "))
+
+    assert argv[:2] == ["gunicorn", "mediastore.asgi:application"]
+    assert argv[argv.index("-k") + 1] == "mediastore.asgi_worker.UvicornWorker"

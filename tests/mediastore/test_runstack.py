@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -34,8 +35,11 @@ def stack(tmp_path: Path):
 
 
 def _get(port: int, path: str) -> int:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-        return int(response.status)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
 
 
 def test_stack_serves_web_and_runs_the_gevent_worker_until_ctrl_c(stack):
@@ -45,6 +49,8 @@ def test_stack_serves_web_and_runs_the_gevent_worker_until_ctrl_c(stack):
 
     assert _get(web_port, "/healthz") == 200
     assert _get(web_port, "/admin/") == 200  # after the redirect to the sign-in page
+    assert _get(web_port, "/static/scenes/app.js") == 200  # WhiteNoise serves under ASGI too
+    assert _get(web_port, "/api/v1/scenes/events") == 401  # the async view: under WSGI it would be 503
     log = process.log()
     assert "(gevent)" in log
     assert "webhooks@" in log  # the webhooks worker, on its own queue

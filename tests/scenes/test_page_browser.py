@@ -13,8 +13,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import redis
 from django.contrib.auth import get_user_model
 from playwright.sync_api import expect
 
@@ -22,10 +24,12 @@ from scenes.models import Scene
 from tests.harness.browser import chromium, screenshot
 from tests.harness.media import MediaServer
 from tests.harness.processes import wait_until
+from tests.harness.services import redis_server
 
 PASSWORD = "page-user-pass-123"
 LIMITS = {"MEDIA_MAX_FILESIZE": "50M", "MEDIA_SOCKET_TIMEOUT": "5", "MEDIA_DOWNLOAD_TIMEOUT": "120"}
 DONE = 90_000  # ms: how long a fixture may take from submit to completed on a loaded 2-core machine
+LIVE_ROUTE = "**/api/v1/scenes/events*"
 
 # Every status the rows of the list take, in the order the page shows them, recorded by the page itself:
 # a MutationObserver sees swaps that a test polling from outside could miss between two looks.
@@ -45,16 +49,32 @@ def user(transactional_db):
 
 
 @pytest.fixture
-def app(live_server, settings, tmp_path: Path):
-    """The app on a live server, serving the worker's local media folder; its URL."""
-    settings.MEDIA_ALLOWED_NETWORKS = ["127.0.0.0/8"]  # the loopback media server
-    settings.MEDIA_ROOT = tmp_path / "worker-data" / "media"  # start_worker's DATA_DIR
-    return live_server.url
+def web_env() -> dict[str, str]:
+    """Settings of the web server (a test may parametrize this)."""
+    return {}
 
 
 @pytest.fixture
-def worker(start_worker):
-    return start_worker(concurrency=4, env=LIMITS)
+def live_redis(request, broker_url: str, tmp_path: Path) -> Iterator[str]:
+    """The Redis of the live stream: the broker's, or (``indirect`` "own") one the test may stop."""
+    if getattr(request, "param", None) != "own":
+        yield broker_url
+        return
+    with redis_server(tmp_path / "live-redis") as url:
+        yield url
+
+
+@pytest.fixture
+def app(start_web, web_env, live_redis, settings, tmp_path: Path):
+    """The app as production serves it (gunicorn, uvicorn worker), serving the worker's local media folder;
+    its URL."""
+    settings.MEDIA_ROOT = tmp_path / "worker-data" / "media"  # start_web's and start_worker's DATA_DIR
+    return start_web(env={"REDIS_URL": live_redis, **web_env}).url
+
+
+@pytest.fixture
+def worker(start_worker, live_redis):
+    return start_worker(concurrency=4, env={**LIMITS, "REDIS_URL": live_redis})
 
 
 @pytest.fixture
@@ -64,9 +84,12 @@ def browser(user, app) -> Iterator[Any]:
         yield browser
 
 
-def _sign_in(browser: Any, app: str, *, javascript: bool = True, width: int = 1280, height: int = 900) -> Any:
+def _sign_in(browser: Any, app: str, *, javascript: bool = True, width: int = 1280, height: int = 900,
+             live: bool = True) -> Any:
     context = browser.new_context(viewport={"width": width, "height": height}, java_script_enabled=javascript)
     context.set_default_timeout(15_000)
+    if not live:  # the live stream never gets through: the page polls
+        context.route(LIVE_ROUTE, lambda route: route.abort("connectionrefused"))
     page = context.new_page()
     page.goto(app + "/")
     expect(page).to_have_url(re.compile(r"/accounts/login/\?next=/$"))
@@ -107,16 +130,25 @@ def _store(page: Any, url: str) -> str:
     return str(_row(page).get_attribute("data-scene-id"))
 
 
-def test_submitted_url_goes_from_queued_through_progress_to_completed_without_a_reload(
+def _row_requests(urls: list[str], scene_id: str) -> tuple[list[str], list[str]]:
+    """A row's polls, and its fetches caused by a live event (``?reason=event``)."""
+    mine = [url for url in urls if urlsplit(url).path.endswith(f"/scenes/{scene_id}/row")]
+    return ([url for url in mine if "reason=event" not in url], [url for url in mine if "reason=event" in url])
+
+
+def test_submitted_url_goes_from_queued_through_progress_to_completed_by_the_live_stream_without_polling(
         request, browser, app, worker, media_server: MediaServer):
     page = _sign_in(browser, app)
+    expect(page.locator("#scene-rows")).to_have_attribute("data-live", "on")
     documents: list[str] = []
     posts: list[Any] = []
+    urls: list[str] = []
     page.on("request", lambda r: documents.append(r.url) if r.resource_type == "document" else None)
     page.on("request", lambda r: posts.append(r) if r.method == "POST" else None)
+    page.on("request", lambda r: urls.append(r.url))
     page.evaluate(RECORD_ROWS)
     page.evaluate("window.__sameDocument = true")
-    # About 6 s of download: several polls see the progress bar move.
+    # About 6 s of download: several progress events move the bar.
     rate = media_server.files.large.stat().st_size // 6
 
     scene_id = _store(page, media_server.url(f"throttled.mp4?rate={rate}"))
@@ -138,6 +170,36 @@ def test_submitted_url_goes_from_queued_through_progress_to_completed_without_a_
     assert _row(page, scene_id).locator(".actions a", has_text="Open media").is_visible()
     assert posts[0].headers["hx-request"] == "true"
     assert len(posts[0].headers["x-csrftoken"]) == 64
+    polls, fetched_on_events = _row_requests(urls, scene_id)
+    assert polls == []
+    assert 1 <= len(fetched_on_events) <= 6  # a few status and stage changes, each fetched once
+
+
+@pytest.mark.parametrize("live_redis", ["own"], indirect=True)
+def test_when_the_live_stream_is_cut_rows_poll_again_and_the_page_tries_the_stream_again(
+        request, browser, app, worker, live_redis, media_server: MediaServer):
+    page = _sign_in(browser, app)
+    rows = page.locator("#scene-rows")
+    expect(rows).to_have_attribute("data-live", "on")
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
+    rate = media_server.files.large.stat().st_size // 8  # about 8 s of download
+    scene_id = _store(page, media_server.url(f"throttled.mp4?rate={rate}"))
+    expect(_row(page, scene_id)).to_have_attribute("data-status", "processing", timeout=DONE)
+    polls_before, _ = _row_requests(urls, scene_id)
+
+    redis.Redis.from_url(live_redis).shutdown(nosave=True)  # the stream's Redis goes away
+    expect(rows).to_have_attribute("data-live", "off")
+    cut = len(urls)
+    screenshot(page, request.node.name, "1-cut-polling")
+    expect(_row(page, scene_id)).to_have_attribute("data-status", "completed", timeout=DONE)
+    screenshot(page, request.node.name, "2-completed-by-polling")
+
+    polls_after, _ = _row_requests(urls[cut:], scene_id)
+    stream_tries = [url for url in urls[cut:] if "/api/v1/scenes/events" in url]
+    assert polls_before == []
+    assert len(polls_after) >= 2
+    assert stream_tries != []
 
 
 def test_invalid_url_shows_its_error_next_to_the_field_and_adds_no_row(request, browser, app):
@@ -156,9 +218,8 @@ def test_invalid_url_shows_its_error_next_to_the_field_and_adds_no_row(request, 
     screenshot(page, request.node.name, "url-not-allowed")
 
 
-def test_too_many_submissions_are_explained_under_the_field(request, browser, app, settings, broker_url,
-                                                           media_server: MediaServer):
-    settings.MEDIA_STORE_RATE = "1/min"
+@pytest.mark.parametrize("web_env", [{"MEDIA_STORE_RATE": "1/min"}])
+def test_too_many_submissions_are_explained_under_the_field(request, browser, app, media_server: MediaServer):
     page = _sign_in(browser, app)
     _store(page, media_server.url("video.mp4"))
 
@@ -245,9 +306,9 @@ def test_deleting_a_scene_asks_first_then_removes_the_row_and_its_media(
     expect(page.locator(f"#scene-{scene_id}")).to_have_count(0)
 
 
-def test_active_rows_poll_once_a_second_and_a_finished_page_goes_quiet(
+def test_without_the_live_stream_active_rows_poll_once_a_second_and_finished_rows_stop(
         request, browser, app, worker, media_server: MediaServer):
-    page = _sign_in(browser, app)
+    page = _sign_in(browser, app, live=False)
     requests: list[tuple[float, str]] = []
     page.on("request", lambda r: requests.append((time.monotonic(), r.url)))
     rate = media_server.files.video.stat().st_size // 4  # about 4 s each: both rows poll for a while
@@ -270,7 +331,8 @@ def test_active_rows_poll_once_a_second_and_a_finished_page_goes_quiet(
         assert len(times) >= 2, f"row {scene_id} polled {len(times)} times in {active_seconds:.1f}s"
         assert len(times) <= active_seconds / 1.0 + 1, f"row {scene_id}: {len(times)} polls in {active_seconds:.1f}s"
         assert min(b - a for a, b in itertools.pairwise(times)) >= 0.9, times
-    assert [url for t, url in requests if t >= quiet_from] == []
+    # (The page goes on trying to open its live stream meanwhile.)
+    assert [url for t, url in requests if t >= quiet_from and "/api/v1/scenes/events" not in url] == []
 
 
 def test_post_without_csrf_token_is_refused(browser, app, media_server: MediaServer):

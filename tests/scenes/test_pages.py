@@ -163,7 +163,24 @@ def test_unfinished_row_polls_itself_every_second(page, alice, status):
 
     html = page.get(f"/scenes/{scene.pk}/row", **HX).content.decode()
 
-    assert f'hx-get="/scenes/{scene.pk}/row" hx-trigger="every 1s" hx-swap="outerHTML"' in html
+    # ... while the page's live stream is down (window.msLive, scenes/app.js).
+    assert f'hx-get="/scenes/{scene.pk}/row" hx-trigger="every 1s [!window.msLive]" hx-swap="outerHTML"' in html
+
+
+def test_page_resumes_its_live_stream_from_the_newest_event_at_render_time(page, broker_url):
+    client = redis.Redis.from_url(broker_url)
+    newest = client.xadd("mediastore:scene-events", {"event": "{}"}).decode()
+    client.close()
+
+    html = page.get("/").content.decode()
+
+    assert f'data-events="/api/v1/scenes/events" data-events-from="{newest}"' in html
+
+
+def test_page_without_redis_still_opens_its_live_stream_without_a_resume_point(page):
+    html = page.get("/").content.decode()  # REDIS_URL refuses (tests/conftest.py)
+
+    assert 'data-events="/api/v1/scenes/events">' in html
 
 
 @pytest.mark.parametrize("status", [Scene.Status.COMPLETED, Scene.Status.FAILED])
@@ -174,7 +191,7 @@ def test_finished_row_does_not_poll(page, alice, status):
 
     assert f'data-status="{status}"' in html
     assert "hx-trigger" not in html
-    assert "/row" not in html
+    assert "hx-get" not in html
 
 
 def test_row_of_a_deleted_scene_stops_polling_and_removes_itself(page, alice):
@@ -213,7 +230,7 @@ def test_submit_stores_and_answers_with_the_new_row_and_a_fresh_form(page, alice
     assert scene.status == Scene.Status.QUEUED
     assert scene.source_url == PUBLIC_URL
     assert _row_ids(html) == [scene.pk]
-    assert 'hx-trigger="every 1s"' in html
+    assert 'hx-trigger="every 1s [!window.msLive]"' in html
     assert re.search(r'<form id="store-form"[^>]*hx-swap-oob="true"', html)
     assert 'value=""' in html  # the URL field is emptied for the next one
     assert _queued_task_args(broker_url) == [repr([scene.pk])]
@@ -319,7 +336,7 @@ def test_retry_requeues_a_failed_scene_and_the_row_polls_again(page, alice, brok
     assert scene.status == Scene.Status.QUEUED
     assert scene.error_code == ""
     assert 'data-status="queued"' in response.content.decode()
-    assert 'hx-trigger="every 1s"' in response.content.decode()
+    assert 'hx-trigger="every 1s [!window.msLive]"' in response.content.decode()
     assert _queued_task_args(broker_url) == [repr([scene.pk])]
 
 
