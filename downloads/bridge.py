@@ -687,7 +687,7 @@ def background(factory: Callable[[], Coroutine[Any, Any, object]], *, name: str)
     """Run ``factory()`` on the bridge's loop for the worker's life (the cancel listener); an error is logged.
     Returns a stop function, which cancels it."""
     loop = bridge.start()
-    task_box: list[asyncio.Task[object]] = []
+    ended: concurrent.futures.Future[None] = concurrent.futures.Future()
 
     async def guarded() -> object:
         try:
@@ -697,6 +697,10 @@ def background(factory: Callable[[], Coroutine[Any, Any, object]], *, name: str)
         except Exception:
             logger.exception("%s stopped with an error", name)
             return None
+        finally:
+            ended.set_result(None)
+
+    task_box: list[asyncio.Task[object]] = []
 
     def start() -> None:
         task_box.append(loop.create_task(guarded(), name=name))
@@ -704,8 +708,10 @@ def background(factory: Callable[[], Coroutine[Any, Any, object]], *, name: str)
     loop.call_soon_threadsafe(start)
 
     def stop() -> None:
-        if task_box and not loop.is_closed():
+        # Wait (briefly, cooperatively) for it to end, so the loop does not stop under a task still pending.
+        if task_box and not loop.is_closed() and not ended.done():
             loop.call_soon_threadsafe(task_box[0].cancel)
+            _wait_native(ended, 2.0)
 
     return stop
 
