@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from benchmarks.common import Result, broker_and_worker, scratch_dir
+from benchmarks.common import Result, broker_and_worker, scratch_dir, tasks_per_second
 
 TASKS = 500
 ROUNDS = 3
-
-
-def _throughput(task: object, count: int) -> float:
-    from django_celery_results.models import TaskResult
-
-    TaskResult.objects.all().delete()
-    started = time.perf_counter()
-    for _ in range(count):
-        task.delay()  # type: ignore[attr-defined]
-    while TaskResult.objects.filter(status="SUCCESS").count() < count:
-        time.sleep(0.02)
-    return count / (time.perf_counter() - started)
 
 
 def run(*, database_url: str) -> list[Result]:
@@ -28,12 +15,12 @@ def run(*, database_url: str) -> list[Result]:
 
     with scratch_dir("async-tasks") as tmp, broker_and_worker(concurrency=100, workdir=Path(tmp),
                                                                database_url=database_url):
-        _throughput(noop_sync, 50)  # warm-up, both paths
-        _throughput(noop_async, 50)
+        tasks_per_second(noop_sync, 50)  # warm-up, both paths
+        tasks_per_second(noop_async, 50)
         sync_rates, async_rates = [], []
         for _ in range(ROUNDS):  # interleaved, so drift on a noisy machine hits both alike
-            sync_rates.append(_throughput(noop_sync, TASKS))
-            async_rates.append(_throughput(noop_async, TASKS))
+            sync_rates.append(tasks_per_second(noop_sync, TASKS))
+            async_rates.append(tasks_per_second(noop_async, TASKS))
     return [Result(
         benchmark="async_tasks",
         figure=f"no-op async tasks/s (best of {ROUNDS} x {TASKS})",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmarks.common import Result, broker_and_worker, scratch_dir
+from benchmarks.common import Result, broker_and_worker, scratch_dir, tasks_per_second
 
 DELIVERIES = 300
 ROUNDS = 3
@@ -39,26 +39,13 @@ def _deliveries_per_second(endpoint: object, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def _noop_tasks_per_second(count: int) -> float:
-    from django_celery_results.models import TaskResult
-
-    from tests.harness.tasks import noop_sync
-
-    TaskResult.objects.all().delete()
-    started = time.perf_counter()
-    for _ in range(count):
-        noop_sync.delay()
-    while TaskResult.objects.filter(status="SUCCESS").count() < count:
-        time.sleep(0.02)
-    return count / (time.perf_counter() - started)
-
-
 def run(*, database_url: str) -> list[Result]:
     from django.contrib.auth import get_user_model
 
     from scenes import webhooks
     from scenes.models import WebhookEndpoint
     from tests.harness.receiver import Receiver
+    from tests.harness.tasks import noop_sync
 
     owner, _ = get_user_model().objects.get_or_create(username="bench-webhooks")
     with scratch_dir("webhooks") as tmp, Receiver("127.0.0.1") as receiver, broker_and_worker(
@@ -67,11 +54,11 @@ def run(*, database_url: str) -> list[Result]:
         endpoint = WebhookEndpoint.objects.create(owner=owner, url=receiver.url, secret=webhooks.new_secret())
         receiver.trust(endpoint.secret)
         _deliveries_per_second(endpoint, 30)  # warm-up, both paths
-        _noop_tasks_per_second(30)
+        tasks_per_second(noop_sync, 30)
         delivered, noop = [], []
         for _ in range(ROUNDS):  # interleaved, so drift on a noisy machine hits both alike
             delivered.append(_deliveries_per_second(endpoint, DELIVERIES))
-            noop.append(_noop_tasks_per_second(DELIVERIES))
+            noop.append(tasks_per_second(noop_sync, DELIVERIES))
         unverified = [r for r in receiver.received if not r.verified]
         if unverified:
             raise RuntimeError(f"{len(unverified)} deliveries failed the receiver's signature check")

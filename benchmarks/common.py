@@ -133,3 +133,18 @@ def gunicorn_server(*, database_url: str, workdir: Path) -> Iterator[int]:
             yield port
         finally:
             server.stop()
+
+
+def tasks_per_second(task: object, count: int) -> float:
+    """Send ``count`` calls of a no-argument task and wait for every result: the worker's task rate."""
+    import time
+
+    from django_celery_results.models import TaskResult
+
+    TaskResult.objects.all().delete()
+    started = time.perf_counter()
+    for _ in range(count):
+        task.delay()  # type: ignore[attr-defined]
+    while TaskResult.objects.filter(status="SUCCESS").count() < count:
+        time.sleep(0.02)
+    return count / (time.perf_counter() - started)

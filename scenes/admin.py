@@ -150,31 +150,27 @@ class SceneAdmin(admin.ModelAdmin[Scene]):
 
     @admin.action(description="Re-queue selected failed scenes", permissions=["requeue"])
     def requeue_failed(self, request: HttpRequest, queryset: QuerySet[Scene]) -> None:
-        queued, skipped = 0, []
-        for scene in queryset:
-            try:
-                services.scene_requeue_failed(scene=scene)
-                queued += 1
-            except SceneStateConflict:
-                skipped.append(f"{_short(scene.title or scene.source_url, 30)} ({scene.status})")
-        message = f"Queued {queued} scene(s)."
-        if skipped:
-            message += f" Skipped {len(skipped)}, only failed scenes can be re-queued: {', '.join(skipped)}."
-        self.message_user(request, message, messages.SUCCESS if not skipped else messages.WARNING)
+        self._each(request, queryset, lambda scene: services.scene_requeue_failed(scene=scene),
+                   done="Queued {} scene(s).", rule="only failed scenes can be re-queued")
 
     @admin.action(description="Cancel selected queued or processing scenes", permissions=["change"])
     def cancel(self, request: HttpRequest, queryset: QuerySet[Scene]) -> None:
-        done, skipped = 0, []
+        self._each(request, queryset, lambda scene: services.scene_cancel(scene=scene),
+                   done="Cancelled {} scene(s) (processing ones stop within seconds).",
+                   rule="only queued or processing scenes can be cancelled")
+
+    def _each(self, request: HttpRequest, queryset: QuerySet[Scene], action: Any, *, done: str, rule: str) -> None:
+        """Apply a lifecycle service to each scene; say how many it changed and which it skipped, and why."""
+        changed, skipped = 0, []
         for scene in queryset:
             try:
-                services.scene_cancel(scene=scene)
-                done += 1
+                action(scene)
+                changed += 1
             except SceneStateConflict:
                 skipped.append(f"{_short(scene.title or scene.source_url, 30)} ({scene.status})")
-        message = f"Cancelled {done} scene(s) (processing ones stop within seconds)."
+        message = done.format(changed)
         if skipped:
-            message += f" Skipped {len(skipped)}, only queued or processing scenes can be cancelled: " \
-                       f"{', '.join(skipped)}."
+            message += f" Skipped {len(skipped)}, {rule}: {', '.join(skipped)}."
         self.message_user(request, message, messages.SUCCESS if not skipped else messages.WARNING)
 
     def has_requeue_permission(self, request: HttpRequest) -> bool:

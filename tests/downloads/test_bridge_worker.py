@@ -15,7 +15,7 @@ from django.core.management import call_command
 from downloads.exceptions import UnsupportedUrlError
 from scenes import services
 from scenes.models import Scene
-from tests.harness.processes import wait_until
+from tests.harness.processes import process_table, wait_until
 from tests.harness.services import r2_env
 from tests.harness.tasks import (
     async_hard_limited,
@@ -52,16 +52,7 @@ def _running(pid: int) -> bool:
 
 
 def _process_group(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid:
-                members.append(int(entry.name))
-    return members
+    return [p.pid for p in process_table() if p.pgrp == pgid]
 
 
 def test_hundred_async_sleeps_run_side_by_side(start_worker):

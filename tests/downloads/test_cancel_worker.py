@@ -10,7 +10,6 @@ import os
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -24,7 +23,7 @@ from scenes.models import Scene
 from tests.harness import scene_states
 from tests.harness.faults import FaultProxy
 from tests.harness.media import MediaServer
-from tests.harness.processes import wait_until
+from tests.harness.processes import process_table, wait_until
 from tests.harness.services import r2_env
 
 CANCEL_WITHIN = 2.0
@@ -47,33 +46,11 @@ def api(owner):
 
 def _children(pid: int) -> dict[int, str]:
     """The live (not zombie) child processes of ``pid``: pid → command line."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        state, ppid = fields[0], int(fields[1])
-        if ppid == pid and state != "Z":
-            found[int(entry.name)] = cmdline
-    return found
+    return {p.pid: p.cmdline for p in process_table() if p.ppid == pid and p.state != "Z"}
 
 
 def _alive_in_group(pgid: int) -> list[int]:
-    alive = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == pgid and fields[0] != "Z":
-                alive.append(int(entry.name))
-    return alive
+    return [p.pid for p in process_table() if p.pgrp == pgid and p.state != "Z"]
 
 
 def _job_dirs(scene_id: str) -> list[str]:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -83,3 +84,28 @@ class ServiceProcess:
     def _signal_group(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signum)
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    state: str  # "Z" for a zombie
+    ppid: int
+    pgrp: int
+    cmdline: str
+
+
+def process_table() -> list[ProcessInfo]:
+    """Every process /proc shows now (those that vanish while it is read are skipped)."""
+    table = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        table.append(ProcessInfo(pid=int(entry.name), state=fields[0], ppid=int(fields[1]), pgrp=int(fields[2]),
+                                 cmdline=cmdline))
+    return table
