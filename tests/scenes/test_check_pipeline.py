@@ -44,10 +44,10 @@ def test_e2e_check_passes_on_the_test_stack_and_cleans_up(start_worker, bucket, 
     output, error = _check("--e2e")
 
     assert error is None, output
-    for name in ("database [0.1]", "broker [0.1]", "object store [0.1]", "worker [0.1]", "configuration [0.1.1]",
+    for check in ("database [0.1]", "broker [0.1]", "object store [0.1]", "worker [0.1]", "configuration [0.1.1]",
                  "version celery [0.1.2]", "sample [0.2]", "ingest [0.3]", "stored object [0.4]",
                  "worker temp dir [0.5]", "delete [0.6]"):
-        assert f"PASS {name}:" in output
+        assert f"PASS {check}:" in output
     assert "FAIL" not in output
     assert "check_pipeline:" in output
     assert not Scene.objects.exists()
