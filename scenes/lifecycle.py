@@ -33,6 +33,7 @@ the same transition table below, so the rules exist once.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Iterable
@@ -198,8 +199,12 @@ def atomic() -> Any:
     from django.conf import settings
 
     if settings.DATABASE_IS_MONGODB:
+        from django.db import connection
         from django_mongodb_backend import transaction as mongo_transaction
 
+        # A standalone server has no transactions: the deliveries are then written right after the change.
+        if not getattr(connection.features, "_supports_transactions", False):
+            return contextlib.nullcontext()
         return mongo_transaction.atomic()
     return transaction.atomic()
 

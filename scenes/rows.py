@@ -9,7 +9,8 @@ uses the sync ORM, which django-mongodb-backend serves as well.
 from __future__ import annotations
 
 import datetime as dt
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from asgiref.sync import sync_to_async
@@ -112,19 +113,41 @@ class _MongoRows:
 
         from scenes import webhooks
 
-        client = (await mongo_database()).client
-        # One transaction (replica sets, Atlas): the change, the scene read back, the deliveries it owes.
-        async with client.start_session() as session, await session.start_transaction():
+        database = await mongo_database()
+        # One transaction (replica sets, Atlas): the change, the scene read back, the deliveries it owes. A
+        # standalone server has none: the same writes, one after the other.
+        async with database.client.start_session() as session, _transaction(session,
+                                                                              await _has_transactions(database)):
             document = await collection.find_one_and_update(query, operation, return_document=ReturnDocument.AFTER,
                                                             session=session)
             if document is None:
                 return 0, None
             announcement = snapshot(scene_from_document(document), announce)
-            deliveries = await webhooks.arecord_mongo(announcement, database=await mongo_database(),
-                                                      session=session)
+            deliveries = await webhooks.arecord_mongo(announcement, database=database, session=session)
         for delivery_id in deliveries:
             await sync_to_async(webhooks.send)(delivery_id)
         return 1, announcement
+
+
+_TRANSACTIONS: dict[int, bool] = {}
+
+
+async def _has_transactions(database: Any) -> bool:
+    """Whether the deployment is a replica set or a sharded cluster (asked once per client)."""
+    key = id(database.client)
+    if key not in _TRANSACTIONS:
+        hello = await database.client.admin.command("hello")
+        _TRANSACTIONS[key] = "setName" in hello or hello.get("msg") == "isdbgrid"
+    return _TRANSACTIONS[key]
+
+
+@asynccontextmanager
+async def _transaction(session: Any, enabled: bool) -> AsyncIterator[None]:
+    if not enabled:
+        yield
+        return
+    async with await session.start_transaction():
+        yield
 
 
 def scene_from_document(document: dict[str, Any]) -> Scene:

@@ -232,7 +232,9 @@ def mongo_scenes(settings):
     session.__aenter__ = mock.AsyncMock(return_value=session)
     session.__aexit__ = mock.AsyncMock(return_value=False)
     database.client.start_session = mock.MagicMock(return_value=session)
-    with mock.patch("scenes.rows.mongo_database", mock.AsyncMock(return_value=database)):
+    database.client.admin.command = mock.AsyncMock(return_value={"setName": "rs0"})  # a replica set
+    with mock.patch("scenes.rows.mongo_database", mock.AsyncMock(return_value=database)), \
+            mock.patch.dict("scenes.rows._TRANSACTIONS", clear=True):
         yield collection, database
 
 
@@ -296,6 +298,20 @@ async def test_mongodb_announced_change_looks_up_endpoints_and_records_deliverie
     assert session.in_transaction == ["started", "committed"]
     # The tasks go out after the commit, one per delivery.
     assert [c.args[0] for c in send.call_args_list] == [d["_id"] for d in documents]
+
+
+async def test_mongodb_standalone_server_writes_the_change_and_deliveries_without_a_transaction(mongo_scenes):
+    collection, database = mongo_scenes
+    database.client.admin.command.return_value = {"isWritablePrimary": True}  # no setName: standalone
+    collection.find_one_and_update.return_value = _document(status="failed", stage="", error_code="not_found")
+    collection.find = mock.MagicMock(return_value=_AsyncCursor([{"_id": "e1", "events": []}]))
+    session = database.client.start_session.return_value
+
+    with mock.patch("scenes.webhooks.send"):
+        assert await lifecycle.fail(scene_id=SCENE_ID, attempt=1, code="not_found", message="m")
+
+    session.start_transaction.assert_not_awaited()
+    assert [d["event"] for d in collection.insert_many.await_args.args[0]] == ["scene.failed"]
 
 
 async def test_mongodb_update_that_matches_nothing_reports_failure(mongo_scenes):
