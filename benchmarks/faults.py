@@ -432,6 +432,9 @@ def main(selected: list[str]) -> int:
         stack.worker_env = worker_environment(
             broker_url=broker_url, database_url=database_url, data_dir=workdir / "data",
             extra={**WORKER_SETTINGS, **r2_env(endpoint=proxy.url, bucket="faults"), "TMPDIR": str(stack.job_tmp)})
+        from django.conf import settings
+
+        settings.REDIS_URL = broker_url  # this process's live events and cancels go to the suite's Redis too
         with celery_broker(broker_url):
             stack.start_worker()
             stack.supervise()
