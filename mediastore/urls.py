@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect
+from django.templatetags.static import static
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
@@ -28,7 +30,13 @@ router.register("projects", ProjectViewSet, basename="project")
 router.register("webhooks", WebhookEndpointViewSet, basename="webhook")
 router.register("webhook-deliveries", WebhookDeliveryViewSet, basename="webhook-delivery")
 
+def favicon(request: HttpRequest) -> HttpResponse:
+    # Browsers ask for /favicon.ico whatever the page links to.
+    return HttpResponsePermanentRedirect(static("scenes/favicon.svg"))
+
+
 urlpatterns = [
+    path("favicon.ico", favicon),
     path("", pages.scene_page, name="scene-page"),
     path("scenes/", pages.scene_submit, name="page-submit"),
     path("scenes/<str:scene_id>/row", pages.scene_row, name="page-row"),

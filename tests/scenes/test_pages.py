@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 
 import pytest
 import redis
 from django.test import Client
+from django.utils import timezone
 
 from scenes.models import Project, Scene
 from scenes.templatetags.scene_format import clock
@@ -455,3 +457,52 @@ def test_cancel_of_a_completed_scene_is_refused_in_words(page, alice):
 
     assert response.status_code == 409
     assert "Only queued or processing scenes can be cancelled; this one is completed." in response.content.decode()
+
+
+# --- For people: states, times, failure details -------------------------------------------------------------
+
+
+def test_a_failed_row_says_what_happened_and_keeps_the_detail_behind_a_disclosure(page, alice):
+    _scene(alice, status=Scene.Status.FAILED, error_code="not_found",
+           error_message="The server answered 404: the post or video may have been deleted.",
+           error_detail="[generic] missing: Unable to download webpage: HTTP Error 404: File not found")
+
+    html = page.get("/").content.decode()
+
+    row = html[html.index('data-status="failed"'):]
+    assert '<p class="error">The server answered 404: the post or video may have been deleted.</p>' in row
+    assert re.search(r"<details class=\"error-details\"><summary>Details</summary>.*not_found.*"
+                     r"HTTP Error 404: File not found</pre>", row, re.S)
+    assert 'thumb-empty--failed" role="img" aria-label="Failed">!' in row  # not the "…" of a queued row
+
+
+def test_each_unfinished_state_has_its_own_picture(page, alice):
+    for status in (Scene.Status.QUEUED, Scene.Status.PROCESSING, Scene.Status.FAILED, Scene.Status.CANCELLED):
+        _scene(alice, status=status)
+
+    html = page.get("/").content.decode()
+
+    labels = re.findall(r'class="thumb-empty thumb-empty--(\w+)" role="img" aria-label="(\w+)"', html)
+    assert sorted(labels) == [("cancelled", "Cancelled"), ("failed", "Failed"), ("processing", "Processing"),
+                              ("queued", "Queued")]
+    assert '<span class="spinner"></span>' in html
+
+
+def test_rows_say_when_they_were_added_with_the_exact_time_on_hover(page, alice):
+    scene = _scene(alice)
+    Scene.objects.filter(pk=scene.pk).update(created_at=timezone.now() - dt.timedelta(hours=3))
+
+    html = page.get("/").content.decode()
+
+    assert re.search(r'<time class="added muted" datetime="[^"]+" title="Added \d{4}-\d\d-\d\d \d\d:\d\d:\d\d '
+                     r'[A-Z]+">3\xa0hours ago</time>', html)
+
+
+def test_the_page_has_a_heading_and_a_favicon(page, client):
+    html = page.get("/").content.decode()
+    icon = client.get("/favicon.ico")
+
+    assert "<h1" in html
+    assert 'rel="icon" href="/static/scenes/favicon.svg"' in html
+    assert icon.status_code == 301
+    assert icon["Location"] == "/static/scenes/favicon.svg"
