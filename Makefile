@@ -24,7 +24,7 @@ help:
 	@echo "make update-ytdlp  move yt-dlp (and yt-dlp-ejs) to the newest release if the pipeline tests pass"
 
 run: system-deps-run $(VENV)/.installed-prod
-	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py migrate --noinput -v0
 	$(BIN)/python manage.py collectstatic --noinput -v0
 	$(BIN)/python manage.py ensure_superuser
 	$(BIN)/python -m mediastore.runstack

@@ -32,10 +32,11 @@ def _schemathesis(port: int, token: str, examples: int, report: Path) -> tuple[i
 
 def run(*, database_url: str) -> list[Result]:
     from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
+
+    from tests.harness.tokens import api_token
 
     user, _ = get_user_model().objects.get_or_create(username="bench-schemathesis")
-    token = Token.objects.get_or_create(user=user)[0].key
+    token = api_token(user)
     with scratch_dir("api-schemathesis") as tmp, gunicorn_server(database_url=database_url,
                                                                  workdir=Path(tmp)) as port:
         short_code, short_time, _ = _schemathesis(port, token, 12, Path(tmp) / "short.txt")

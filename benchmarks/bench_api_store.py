@@ -53,10 +53,11 @@ def _p(values: list[float], q: float) -> float:
 
 def run(*, database_url: str) -> list[Result]:
     from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
+
+    from tests.harness.tokens import api_token
 
     user, _ = get_user_model().objects.get_or_create(username="bench-api")
-    token = Token.objects.get_or_create(user=user)[0].key
+    token = api_token(user)
     with scratch_dir("api-store") as tmp, gunicorn_server(database_url=database_url, workdir=Path(tmp)) as port:
         base = f"http://127.0.0.1:{port}/api/v1"
         _load("GET", f"{base}/me", token, None)  # warm-up

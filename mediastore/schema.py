@@ -33,6 +33,10 @@ OPERATIONS: dict[str, tuple[str, str]] = {
     "api_v1_webhook_deliveries_retrieve": ("get_webhook_delivery", "webhooks"),
     "api_v1_webhook_deliveries_resend_create": ("resend_webhook_delivery", "webhooks"),
     "api_v1_me_retrieve": ("get_me", "account"),
+    "api_v1_tokens_list": ("list_tokens", "account"),
+    "api_v1_tokens_create": ("create_token", "account"),
+    "api_v1_tokens_retrieve": ("get_token", "account"),
+    "api_v1_tokens_destroy": ("revoke_token", "account"),
 }
 
 TAGS = [
@@ -42,7 +46,7 @@ TAGS = [
     {"name": "projects", "description": "Group scenes."},
     {"name": "webhooks",
      "description": "Signed callbacks (Standard Webhooks) on scene events, and their delivery log."},
-    {"name": "account", "description": "Who the credentials belong to."},
+    {"name": "account", "description": "Who the credentials belong to, and their API tokens."},
 ]
 
 

@@ -87,7 +87,6 @@ INSTALLED_APPS = _DB.installed_apps(
         "django.contrib.messages",
         "django.contrib.staticfiles",
         "rest_framework",
-        "rest_framework.authtoken",
         "drf_spectacular",
         "drf_spectacular_sidecar",
         "django_celery_results",
@@ -154,7 +153,7 @@ WHITENOISE_USE_FINDERS = True
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "scenes.tokens.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

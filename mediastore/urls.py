@@ -12,6 +12,7 @@ from mediastore.health import healthz, readyz
 from scenes import views as pages
 from scenes.api import MediaStoreView, MeView, ProjectViewSet, SceneViewSet
 from scenes.live_api import scene_events
+from scenes.token_api import ApiTokenViewSet
 from scenes.views import SceneFileView
 from scenes.webhook_api import WebhookDeliveryViewSet, WebhookEndpointViewSet
 
@@ -29,6 +30,7 @@ router.register("scenes", SceneViewSet, basename="scene")
 router.register("projects", ProjectViewSet, basename="project")
 router.register("webhooks", WebhookEndpointViewSet, basename="webhook")
 router.register("webhook-deliveries", WebhookDeliveryViewSet, basename="webhook-delivery")
+router.register("tokens", ApiTokenViewSet, basename="token")
 
 def favicon(request: HttpRequest) -> HttpResponse:
     # Browsers ask for /favicon.ico whatever the page links to.
@@ -42,6 +44,8 @@ urlpatterns = [
     path("scenes/<str:scene_id>/row", pages.scene_row, name="page-row"),
     path("scenes/<str:scene_id>/retry", pages.scene_retry, name="page-retry"),
     path("scenes/<str:scene_id>/cancel", pages.scene_cancel, name="page-cancel"),
+    path("tokens/", pages.token_page, name="token-page"),
+    path("tokens/<str:token_id>/revoke", pages.token_revoke, name="token-revoke"),
     path("scenes/<str:scene_id>/delete", pages.scene_delete, name="page-delete"),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),

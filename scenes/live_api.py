@@ -25,11 +25,12 @@ from django.core.handlers.asgi import ASGIRequest
 from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from rest_framework import exceptions
-from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.request import Request
 
 from scenes import live_hub, selectors
 from scenes.api import ApiError, error_envelope_handler
+from scenes.tokens import ApiTokenAuthentication
 
 RETRY_MS = 3000  # how long a browser waits before it reconnects a stream that ended
 ID_CHARS = 64
@@ -53,7 +54,7 @@ def _authorize(request: HttpRequest) -> live_hub.Scope:
     """Who asks (by token or session: DRF's own authenticators, as every API view has them) and so which
     events they may see: their own scenes, or everyone's for staff who may view every scene."""
     try:
-        user = Request(request, authenticators=[TokenAuthentication(), SessionAuthentication()]).user
+        user = Request(request, authenticators=[ApiTokenAuthentication(), SessionAuthentication()]).user
         if not user.is_authenticated:
             raise exceptions.NotAuthenticated()
         assert isinstance(user, User)

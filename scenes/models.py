@@ -206,3 +206,22 @@ class WebhookAttempt(ObjectIdModel):
 
     class Meta:
         ordering = ["number"]
+
+
+class ApiToken(ObjectIdModel):
+    """A person's API token. Only its SHA-256 digest is stored (the token has 256 random bits, so a fast hash
+    is enough); the token itself is shown once, when it is made. ``prefix`` names it in lists."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16)
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

@@ -270,3 +270,37 @@ def scene_delete(request: HtmxHttpRequest, scene: Scene) -> HttpResponse:
         return HttpResponse("")  # the row is swapped for nothing
     messages.success(request, "The scene and its stored media were deleted.")
     return redirect("scene-page")
+
+
+# --- API tokens: a signed-in person makes, names, sees once and revokes their own -------------------------
+
+
+@signed_in
+@require_http_methods(["GET", "POST"])
+def token_page(request: HtmxHttpRequest) -> HttpResponse:
+    from scenes import tokens
+
+    user = _user(request)
+    new_token, form_error = "", ""
+    if request.method == "POST":
+        name = (request.POST.get("name") or "").strip()
+        if not name or len(name) > 100:
+            form_error = "Give the token a name of at most 100 characters, such as the program that uses it."
+        else:
+            new_token = tokens.api_token_create(owner=user, name=name)[1]
+    return render(request, "scenes/tokens.html", {
+        "tokens": tokens.api_token_list(owner=user), "new_token": new_token, "form_error": form_error,
+    }, status=400 if form_error else 200)
+
+
+@signed_in
+@require_POST
+def token_revoke(request: HtmxHttpRequest, token_id: str) -> HttpResponse:
+    from scenes import tokens
+
+    row = tokens.api_token_list(owner=_user(request)).filter(pk=token_id).first()
+    if row is None:
+        raise Http404("No such token.")
+    tokens.api_token_revoke(token=row)
+    messages.success(request, f"The token “{row.name}” is revoked: it opens nothing any more.")
+    return redirect("token-page")

@@ -14,7 +14,6 @@ import time
 import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from downloads.tasks import download_media_task
@@ -25,6 +24,7 @@ from tests.harness.faults import FaultProxy
 from tests.harness.media import MediaServer
 from tests.harness.processes import process_table, wait_until
 from tests.harness.services import r2_env
+from tests.harness.tokens import api_token
 
 CANCEL_WITHIN = 2.0
 LIMITS = {"MEDIA_MAX_FILESIZE": "50M", "MEDIA_SOCKET_TIMEOUT": "10", "MEDIA_DOWNLOAD_TIMEOUT": "120"}
@@ -40,7 +40,7 @@ def owner(transactional_db, settings, broker_url):
 @pytest.fixture
 def api(owner):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=owner).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token(owner)}")
     return client
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.test import Client
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from scenes.models import Scene
 from tests.harness.media import MediaServer
 from tests.harness.metrics import Samples, parse, scrape, value
 from tests.harness.processes import free_port, port_open, wait_until
+from tests.harness.tokens import api_token
 
 TOKEN = "a-metrics-token-for-the-tests"
 LIMITS = {"MEDIA_MAX_FILESIZE": "20M", "MEDIA_SOCKET_TIMEOUT": "5", "MEDIA_DOWNLOAD_TIMEOUT": "120"}
@@ -38,7 +38,7 @@ def test_an_ingest_moves_the_job_counters_stage_histograms_and_bytes(transaction
     settings.MEDIA_ALLOWED_NETWORKS = ["127.0.0.0/8"]  # the loopback media server
     api = APIClient()
     owner = get_user_model().objects.create_user("metrics-owner")
-    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=owner).key}")
+    api.credentials(HTTP_AUTHORIZATION=f"Token {api_token(owner)}")
     web = Client()
     wait_until(lambda: port_open(port), timeout=10, what="the worker's metrics port")
     size = media_server.files.large.stat().st_size

@@ -7,13 +7,13 @@ import json
 import pytest
 import redis
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from scenes import services
 from scenes.models import Project, Scene
 from tests.harness import scene_states
 from tests.harness.services import celery_broker
+from tests.harness.tokens import api_token
 from tests.scenes.conftest import PUBLIC_URL
 
 DEAD_BROKER = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -21,8 +21,7 @@ DEAD_BROKER = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 def _client(user) -> APIClient:
     client = APIClient()
-    token, _ = Token.objects.get_or_create(user=user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token(user)}")
     return client
 
 

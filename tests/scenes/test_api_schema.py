@@ -8,7 +8,6 @@ import pytest
 import schemathesis
 from django.contrib.auth import get_user_model
 from hypothesis import HealthCheck, settings
-from rest_framework.authtoken.models import Token
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -18,6 +17,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from mediastore.wsgi import application
+from tests.harness.tokens import api_token
 
 schema = schemathesis.openapi.from_wsgi("/api/schema/", application)
 
@@ -47,7 +47,7 @@ def token(transactional_db, broker_url: str) -> str:
     # Transactional: the WSGI handler closes connections after each request, as in production; and
     # stored scenes are really enqueued (on the test broker).
     user = get_user_model().objects.create_user("schemathesis")
-    return Token.objects.create(user=user).key
+    return api_token(user)
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from scenes.models import Scene
@@ -15,6 +14,7 @@ from tests.harness.faults import FaultProxy
 from tests.harness.media import MediaServer
 from tests.harness.processes import wait_until
 from tests.harness.services import r2_env
+from tests.harness.tokens import api_token
 
 LIMITS = {"MEDIA_MAX_FILESIZE": "20M", "MEDIA_SOCKET_TIMEOUT": "5", "MEDIA_DOWNLOAD_TIMEOUT": "120"}
 
@@ -24,7 +24,7 @@ def api(transactional_db, settings):
     settings.MEDIA_ALLOWED_NETWORKS = ["127.0.0.0/8"]  # the loopback media server
     user = get_user_model().objects.create_user("api-user")
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token(user)}")
     return client
 
 

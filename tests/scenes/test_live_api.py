@@ -9,12 +9,12 @@ import pytest
 import requests
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
-from rest_framework.authtoken.models import Token
 
 from scenes import services
 from scenes.models import Scene
 from tests.harness.services import WebServer
 from tests.harness.sse import EventStream
+from tests.harness.tokens import api_token
 from tests.scenes.conftest import PUBLIC_URL
 
 EVENTS = "/api/v1/scenes/events"
@@ -22,7 +22,7 @@ EVENTS = "/api/v1/scenes/events"
 
 def _user(name: str, **fields) -> tuple[object, str]:
     user = get_user_model().objects.create_user(name, **fields)
-    return user, Token.objects.create(user=user).key
+    return user, api_token(user)
 
 
 @pytest.fixture

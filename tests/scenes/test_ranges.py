@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from scenes.models import Scene
+from tests.harness.tokens import api_token
 
 pytestmark = pytest.mark.django_db
 
@@ -29,7 +29,7 @@ def media(alice, settings, tmp_path: Path) -> str:
 @pytest.fixture
 def api(alice) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=alice).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token(alice)}")
     return client
 
 

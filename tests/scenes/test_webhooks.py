@@ -10,7 +10,6 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from standardwebhooks.webhooks import Webhook
 
@@ -18,6 +17,7 @@ from scenes import lifecycle, services, webhooks
 from scenes.models import Scene, WebhookDelivery, WebhookEndpoint
 from tests.harness import scene_states
 from tests.harness.receiver import Receiver
+from tests.harness.tokens import api_token
 
 pytestmark = pytest.mark.django_db
 
@@ -265,7 +265,7 @@ def test_redirects_are_not_followed(owner, no_broker):
 @pytest.fixture
 def api(owner):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=owner).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token(owner)}")
     return client
 
 

@@ -35,7 +35,8 @@ class Command(BaseCommand):
         if generated:
             self.stdout.write(self.style.WARNING(
                 f"ensure_superuser: created superuser 'admin' with password {password}\n"
-                "  It is shown only this once: sign in at /admin/ and change it."
+                "  It is shown only this once: sign in at /admin/ and change it.\n"
+                "  Lost it? `.venv/bin/python manage.py changepassword admin` sets a new one."
             ))
         else:
             self.stdout.write(f"ensure_superuser: created superuser {username!r} from DJANGO_SUPERUSER_*")
