@@ -37,9 +37,10 @@ def _short(text: str, limit: int = 60) -> str:
 
 @admin.register(Scene)
 class SceneAdmin(admin.ModelAdmin[Scene]):
-    # Seven columns: it fits a 1280 px screen with Status in view (the source is in the title's tooltip and
-    # on the change page; stage, progress and the error code are in the status cell).
-    list_display = ["preview", "title_or_url", "badge", "owner", "project", "created_at", "attempts"]
+    # Thumbnail, title, status, owner, added: it fits beside the admin's sidebar and filters at 1280 px with
+    # Status in view (the source is the title's tooltip; stage, progress and the error code are in the status
+    # cell; project, attempts and timings are on the change page).
+    list_display = ["preview", "title_or_url", "badge", "owner", "added"]
     list_display_links = ["title_or_url"]
     list_filter = ["status", "error_code", "stage", "created_at"]
     search_fields = ["source_url", "title", "id"]
@@ -79,7 +80,12 @@ class SceneAdmin(admin.ModelAdmin[Scene]):
     @admin.display(description="Title", ordering="title")
     def title_or_url(self, scene: Scene) -> str:
         # An untitled scene shows its URL once, here; the full URL is the tooltip.
-        return format_html('<span title="{}">{}</span>', scene.source_url, _short(scene.title or scene.source_url, 60))
+        return format_html('<span title="{}">{}</span>', scene.source_url, _short(scene.title or scene.source_url, 36))
+
+    @admin.display(description="Added", ordering="created_at")
+    def added(self, scene: Scene) -> str:
+        return format_html('<span title="{}" style="white-space:nowrap">{}</span>',
+                           f"{scene.created_at:%Y-%m-%d %H:%M:%S %Z}", f"{scene.created_at:%b %d %H:%M}")
 
     @admin.display(description="Source")
     def source(self, scene: Scene) -> str:

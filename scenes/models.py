@@ -190,6 +190,7 @@ class WebhookDelivery(ObjectIdModel):
 
     class Meta:
         ordering = ["-created_at"]
+        verbose_name_plural = "webhook deliveries"
         indexes = [models.Index(fields=["status", "next_attempt_at"], name="delivery_status_due_idx")]
 
 

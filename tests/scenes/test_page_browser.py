@@ -383,3 +383,115 @@ def test_page_fits_the_screen_width(request, listed_scenes, browser, app, width,
 
     assert overflow <= 0
     assert all(box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width for box in boxes)
+
+
+# --- For people (issue 14): the failure details, tokens, seeking, the admin at 1280 px ---------------------
+
+LONG_DETAIL = ("[generic] missing: Unable to download webpage: HTTP Error 404: File not found (caused by "
+               "<HTTPError 404: File not found>) " + "x" * 300)
+
+
+@pytest.fixture
+def long_failure(user) -> Scene:
+    return Scene.objects.create(owner=user, source_url="https://example.com/gone.mp4", status=Scene.Status.FAILED,
+                                error_code="not_found", error_detail=LONG_DETAIL,
+                                error_message="The server answered 404: the post or video may have been deleted, "
+                                              "or the link is mistyped.")
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 900), (390, 844)], ids=["desktop", "phone"])
+def test_a_failed_row_reads_in_words_and_shows_the_detail_on_request(request, long_failure, browser, app, width,
+                                                                      height):
+    scene = long_failure
+    page = _sign_in(browser, app, width=width, height=height)
+    row = _row(page, scene.pk)
+    detail = row.locator(".error-details pre")
+
+    expect(row.locator(".error")).to_have_text(re.compile(r"^The server answered 404"))
+    expect(detail).to_be_hidden()
+    expect(row.locator(".thumb-empty--failed")).to_be_visible()
+    error_height = row.locator(".error").bounding_box()["height"]
+    screenshot(page, request.node.name, "1-closed")
+    row.locator(".error-details summary").click()
+    expect(detail).to_be_visible()
+    expect(detail).to_contain_text("HTTP Error 404")
+    screenshot(page, request.node.name, "2-details")
+
+    assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
+    assert error_height < 5 * 24  # a few lines, not a tall red column of tool output
+
+
+def test_a_person_makes_sees_once_and_revokes_a_token(request, user, browser, app):
+    page = _sign_in(browser, app)
+    page.click("text=Tokens")
+    page.fill("#token-name", "upload script")
+    page.click(".token-form button[type=submit]")
+    token = page.locator(".token-value").input_value()
+    screenshot(page, request.node.name, "1-made")
+    page.goto(app + "/tokens/")
+
+    expect(page.locator(".token-value")).to_have_count(0)  # shown once
+    expect(page.locator(".tokens")).to_contain_text(token[:12])
+    response = page.request.get(app + "/api/v1/me", headers={"Authorization": f"Token {token}"})
+    assert response.status == 200
+    page.click(".tokens button:has-text('Revoke')")
+    expect(page.locator(".messages")).to_contain_text("is revoked")
+    screenshot(page, request.node.name, "2-revoked")
+    assert page.request.get(app + "/api/v1/me", headers={"Authorization": f"Token {token}"}).status == 401
+
+
+@pytest.fixture
+def seekable_scene(user, app, media_server: MediaServer, settings) -> Scene:
+    # In the folder the web serves local media from (app sets MEDIA_ROOT to it).
+    key = "scenes/seek/media.mp4"
+    stored = Path(settings.MEDIA_ROOT) / key
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    stored.write_bytes(media_server.files.large.read_bytes())  # 6 s
+    return Scene.objects.create(owner=user, source_url="https://example.com/v.mp4", status=Scene.Status.COMPLETED,
+                                storage_key=key, content_type="video/mp4", duration=6.0)
+
+
+def test_a_local_video_seeks_with_range_requests(request, seekable_scene, browser, app):
+    scene = seekable_scene
+    page = _sign_in(browser, app)
+    statuses: list[int] = []
+    page.on("response", lambda r: statuses.append(r.status) if "/files/scenes/" in r.url else None)
+
+    page.goto(f"{app}/files/scenes/{scene.pk}/media")
+    page.wait_for_function("() => { const v = document.querySelector('video'); return v && v.readyState >= 1; }")
+    page.evaluate("""() => new Promise(done => {
+        const v = document.querySelector('video');
+        v.addEventListener('seeked', () => done(), {once: true});
+        v.currentTime = 4.5;
+    })""")
+    position = page.evaluate("document.querySelector('video').currentTime")
+    screenshot(page, request.node.name, "seeked")
+
+    assert position == pytest.approx(4.5, abs=0.6)
+    assert 206 in statuses
+
+
+@pytest.fixture
+def admin_rows(user) -> None:
+    staff = get_user_model().objects.create_superuser("page-admin", password=PASSWORD)
+    for n in range(3):
+        Scene.objects.create(owner=staff, source_url="https://www.reddit.com/r/videos/comments/abc/" + "long_" * 20
+                             + str(n), status=Scene.Status.PROCESSING, stage=Scene.Stage.DOWNLOADING, progress=40)
+
+
+def test_the_admin_scene_list_fits_1280_px_with_status_in_view(request, admin_rows, browser, app):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(app + "/admin/login/?next=/admin/scenes/scene/")
+    page.fill("#id_username", "page-admin")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    expect(page.locator("#result_list")).to_be_visible()
+    status = page.locator("#result_list th.column-badge").bounding_box()
+    table = page.locator("#result_list").bounding_box()
+    screenshot(page, request.node.name, "changelist")
+
+    assert status is not None
+    assert table is not None
+    assert status["x"] + status["width"] <= 1280  # no horizontal scrolling to see a scene's status
+    assert table["x"] + table["width"] <= 1280
