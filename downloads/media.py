@@ -82,8 +82,10 @@ async def probe(path: Path) -> MediaInfo:
     )
     if code != 0:
         reason = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-        logger.warning("ffprobe could not read %s: %s", path.name, reason[0][:300])
-        raise InvalidMediaError("The downloaded file is not audio or video this server can read.")
+        # ffprobe names the file by its full path: the detail gets the file's name only.
+        said = reason[0][:300].replace(str(path), path.name)
+        logger.warning("ffprobe could not read %s: %s", path.name, said)
+        raise InvalidMediaError(detail=f"ffprobe: {said}")
     try:
         data = json.loads(stdout)
     except ValueError as exc:

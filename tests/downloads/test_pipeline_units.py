@@ -712,3 +712,17 @@ def test_the_whole_title_is_kept_when_ytdlp_shortens_it(tmp_path: Path):
     result = ytdlp._verdict(run, 0, "https://example.com/v", job_dir=tmp_path)
 
     assert result.title == "A long title that yt-dlp cut short, whole here"
+
+
+async def test_an_unreadable_file_fails_in_words_with_ffprobes_reason_as_detail_without_the_path(tmp_path: Path):
+    from downloads.exceptions import InvalidMediaError
+
+    media_path = tmp_path / "mediastore-job-1-x" / "media.mp4"
+    said = f"{media_path}: Invalid data found when processing input".encode()
+    with mock.patch("downloads.media.run_captured", return_value=(1, b"", said)), \
+            pytest.raises(InvalidMediaError) as error:
+        await media.probe(media_path)
+
+    assert error.value.message == InvalidMediaError.default_message
+    assert error.value.detail == "ffprobe: media.mp4: Invalid data found when processing input"
+    assert str(tmp_path) not in error.value.detail
