@@ -13,7 +13,7 @@ RUN_DEPS := redis-server=redis-server ffmpeg=ffmpeg ffprobe=ffmpeg
 # The browser tests use Debian's chromium; CHROMIUM_PATH points them at another Chromium or Chrome instead.
 TEST_DEPS := $(RUN_DEPS) docker-compose=docker-compose $(if $(CHROMIUM_PATH),,chromium=chromium)
 
-.PHONY: help run test test-fast bench faults lint typecheck update-ytdlp system-deps-run system-deps-test
+.PHONY: help run test test-fast test-mongodb bench faults lint typecheck update-ytdlp system-deps-run system-deps-test
 
 help:
 	@echo "make run    set up and start redis, web (http://127.0.0.1:8000) and the gevent worker"
@@ -34,6 +34,17 @@ test: system-deps-test $(VENV)/.installed-dev lint typecheck
 
 test-fast: system-deps-test $(VENV)/.installed-dev lint typecheck
 	$(BIN)/python -m pytest -m "not stack" $(PYTEST_ARGS)
+
+# The integration suites that run against a real MongoDB (DATABASE_URL=mongodb://…): the worker's PyMongo async
+# path, the API, webhooks recorded in the transition's transaction, cancel. The CI workflow's mongodb job runs
+# this target; README "MongoDB" says how to run it locally with Docker.
+MONGODB_TESTS := tests/mediastore/test_mongodb.py tests/scenes/test_lifecycle.py tests/scenes/test_api.py \
+	tests/scenes/test_api_worker.py tests/downloads/test_pipeline_worker.py tests/scenes/test_webhooks_worker.py \
+	tests/downloads/test_cancel_worker.py
+
+test-mongodb: system-deps-test $(VENV)/.installed-dev
+	@case "$${DATABASE_URL:-}" in mongodb://*|mongodb+srv://*) ;; *) echo "test-mongodb: set DATABASE_URL=mongodb://…"; exit 2;; esac
+	$(BIN)/python -m pytest $(MONGODB_TESTS) $(PYTEST_ARGS)
 
 bench: system-deps-test $(VENV)/.installed-dev
 	$(BIN)/python -m benchmarks
