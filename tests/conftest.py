@@ -31,7 +31,8 @@ USING_MONGODB = (os.environ.get("DATABASE_URL") or "").startswith(("mongodb://",
 # Tests that start a whole process stack (a gevent worker, a browser, the web server, make run's stack): what
 # `make test-fast` leaves out (-m "not stack").
 _STACK_FIXTURES = {"start_worker", "browser", "chromium", "s3_worker", "worker"}
-_STACK_MODULES = ("test_runstack.py", "test_gunicorn_conf.py", "test_celery_worker.py", "test_worker_recovery.py")
+_STACK_MODULES = ("test_runstack.py", "test_gunicorn_conf.py", "test_celery_worker.py", "test_worker_recovery.py",
+                  "test_image_commands.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
