@@ -34,6 +34,7 @@ the same transition table below, so the rules exist once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Iterable
@@ -162,18 +163,20 @@ def _record(scene_id: str, name: str) -> Announcement | None:
 def announce(announcement: Announcement) -> None:
     """After the commit: tell the listeners (live push, metrics). A listener's failure is logged, never
     raised into the transition that already happened."""
-    for receiver_fn, error in transitioned.send_robust(
-            sender=Scene, announcement=announcement, scene_id=announcement.scene_id,
-            transition=announcement.transition, status=announcement.status):
-        if isinstance(error, Exception):
-            logger.warning("scene %s: %s listener %r failed: %s", announcement.scene_id, announcement.transition,
-                           receiver_fn, error)
+    _log_failures(announcement, transitioned.send_robust(sender=Scene, **_signal_kwargs(announcement)))
 
 
 async def aannounce(announcement: Announcement) -> None:
-    for receiver_fn, error in await transitioned.asend_robust(
-            sender=Scene, announcement=announcement, scene_id=announcement.scene_id,
-            transition=announcement.transition, status=announcement.status):
+    _log_failures(announcement, await transitioned.asend_robust(sender=Scene, **_signal_kwargs(announcement)))
+
+
+def _signal_kwargs(announcement: Announcement) -> dict[str, Any]:
+    return {"announcement": announcement, "scene_id": announcement.scene_id,
+            "transition": announcement.transition, "status": announcement.status}
+
+
+def _log_failures(announcement: Announcement, results: list[tuple[Any, Any]]) -> None:
+    for receiver_fn, error in results:
         if isinstance(error, Exception):
             logger.warning("scene %s: %s listener %r failed: %s", announcement.scene_id, announcement.transition,
                            receiver_fn, error)
@@ -398,10 +401,8 @@ def _scene_deleted(*, instance: Scene, origin: Any = None, **_: Any) -> None:
     from scenes import webhooks
 
     logger.info("scene %s: deleted", instance.pk)
-    announcement = snapshot(instance, "delete")
-    announcement = Announcement(scene_id=announcement.scene_id, transition="delete", status="deleted",
-                                owner_id=announcement.owner_id, project_id=announcement.project_id,
-                                scene={**announcement.scene, "status": "deleted"})
+    seen = snapshot(instance, "delete")
+    announcement = dataclasses.replace(seen, status="deleted", scene={**seen.scene, "status": "deleted"})
     # A user's own deletion takes their endpoints with it: nobody is left to tell.
     if not isinstance(origin, get_user_model()):
         webhooks.record(announcement)
