@@ -25,17 +25,6 @@ if TYPE_CHECKING:
     from scenes.lifecycle import Announcement
 
 
-def lifecycle_record(pk: str, name: str) -> Announcement | None:
-    from scenes.lifecycle import _record
-
-    return _record(pk, name)
-
-
-def snapshot(scene: Scene, name: str) -> Announcement:
-    from scenes.lifecycle import snapshot as lifecycle_snapshot
-
-    return lifecycle_snapshot(scene, name)
-
 READ_FIELDS = ("status", "source_url", "title", "attempts", "updated_at", "cancel_requested_at")
 
 
@@ -60,13 +49,15 @@ class _OrmRows:
         if announce is None:
             return await Scene.objects.filter(pk=pk, **where).aupdate(**changes, **expressions), None
 
+        from scenes.lifecycle import _record  # here: lifecycle imports this module
+
         def update_and_record() -> Updated:
             # One transaction: the change, the scene read back, and the webhook deliveries it owes.
             with transaction.atomic():
                 changed = Scene.objects.filter(pk=pk, **where).update(**changes, **expressions)
                 if changed != 1:
                     return changed, None
-                return changed, lifecycle_record(pk, announce)
+                return changed, _record(pk, announce)
 
         return await sync_to_async(update_and_record)()
 
@@ -112,6 +103,7 @@ class _MongoRows:
         from pymongo import ReturnDocument
 
         from scenes import webhooks
+        from scenes.lifecycle import snapshot  # here: lifecycle imports this module
 
         database = await mongo_database()
         # One transaction (replica sets, Atlas): the change, the scene read back, the deliveries it owes. A
