@@ -78,9 +78,12 @@ def test_metrics_add_up_every_worker_process(gunicorn: Start, tmp_path: Path, ki
     folder = tmp_path / "prometheus"
     process, port = gunicorn(kind, multiproc_dir=folder, options=("--max-requests", "2"))
 
-    for _ in range(3):
-        _store_refused(port)
-    counted = _refused_count(port)
+    try:
+        for _ in range(3):
+            _store_refused(port)
+        counted = _refused_count(port)
+    except urllib.error.URLError as exc:  # a server that went away says why only in its log
+        pytest.fail(f"{exc}\n{process.log()}")
 
     assert len(_pids_that_counted(folder)) >= 2, process.log()
     assert counted == 3, process.log()
