@@ -65,8 +65,13 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")
 
     def kill(self) -> None:
-        """SIGKILL the whole group at once: a crash, not a shutdown."""
+        """SIGKILL the whole group at once: a crash, not a shutdown. Descendants that lead sessions of their own
+        (the worker's yt-dlp and ffmpeg) are outside the group and go by name."""
+        descendants = self._descendants()
         self._signal_group(signal.SIGKILL)
+        for pid in descendants:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.process.wait(timeout=10)
         self._log.close()
 
@@ -80,6 +85,17 @@ class ServiceProcess:
         if self.alive():
             self.process.wait(timeout=10)
         self._log.close()
+
+    def _descendants(self) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for info in process_table():
+            children.setdefault(info.ppid, []).append(info.pid)
+        found, queue = [], [self.process.pid]
+        while queue:
+            for child in children.get(queue.pop(), ()):
+                found.append(child)
+                queue.append(child)
+        return found
 
     def _signal_group(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -95,6 +95,9 @@ class WebServer:
     def log(self) -> str:
         return self.process.log()
 
+    def kill(self) -> None:
+        self.process.kill()
+
     def stop(self) -> None:
         self.process.stop(grace=15)
 
