@@ -11,15 +11,21 @@ IPv4-mapped ``::ffff:a.b.c.d``, IPv4-compatible ``::a.b.c.d``, IPv4-translated `
 ``64:ff9b::/96`` and 6to4 ``2002::/16``; the local-use NAT64 prefix ``64:ff9b:1::/48`` (whose embedding
 depends on the operator's prefix length) and Teredo are refused outright. When ``hosts`` is not empty
 (``MEDIA_ALLOWED_HOSTS``), only those domains and their subdomains are fetched from.
+
+``origins`` are exact ``host:port`` pairs fetched from whatever they resolve to. No setting makes them for
+everyone: the worker adds one to the policy of a single job (``check_pipeline --e2e``'s sample, served by
+our own web on an internal address; see ``scenes.check_sample``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -57,23 +63,53 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | Non
     return None
 
 
+def origin_of(url: str) -> tuple[str, int]:
+    """``(host, port)`` of an ``http``/``https`` URL, the host lower case, the port the scheme's when absent."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError(f"not an http(s) URL with a host: {url!r}")
+    return parts.hostname.lower().rstrip("."), parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _port_number(port: object) -> int | None:
+    # getaddrinfo takes an int, a str or None; a service name ("http") or none is never one of the origins.
+    if isinstance(port, int):
+        return port
+    if isinstance(port, (str, bytes)) and port.isdigit():
+        return int(port)
+    return None
+
+
 @dataclass(frozen=True)
 class Policy:
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     hosts: tuple[str, ...] = ()
+    origins: tuple[tuple[str, int], ...] = ()
 
     @classmethod
-    def build(cls, *, networks: list[str] | tuple[str, ...], hosts: list[str] | tuple[str, ...]) -> Policy:
+    def build(cls, *, networks: list[str] | tuple[str, ...], hosts: list[str] | tuple[str, ...],
+              origins: Iterable[Iterable[Any]] = ()) -> Policy:
         return cls(networks=tuple(ipaddress.ip_network(n, strict=False) for n in networks),
-                   hosts=tuple(h.lower().strip(".") for h in hosts if h.strip(".")))
+                   hosts=tuple(h.lower().strip(".") for h in hosts if h.strip(".")),
+                   origins=tuple((str(host).lower().rstrip("."), int(port)) for host, port in origins))
+
+    def with_origins(self, urls: Iterable[str]) -> Policy:
+        """This policy, also fetching from each URL's exact host and port (one job's allowance)."""
+        return dataclasses.replace(self, origins=(*self.origins, *(origin_of(url) for url in urls)))
 
     def to_json(self) -> str:
-        return json.dumps({"networks": [str(n) for n in self.networks], "hosts": list(self.hosts)})
+        return json.dumps({"networks": [str(n) for n in self.networks], "hosts": list(self.hosts),
+                           "origins": [list(origin) for origin in self.origins]})
 
     @classmethod
     def from_json(cls, text: str) -> Policy:
         data = json.loads(text)
-        return cls.build(networks=data.get("networks", []), hosts=data.get("hosts", []))
+        return cls.build(networks=data.get("networks", []), hosts=data.get("hosts", []),
+                         origins=data.get("origins", []))
+
+    def origin_allowed(self, host: str, port: object) -> bool:
+        number = _port_number(port)
+        return number is not None and (host.lower().rstrip("."), number) in self.origins
 
     def host_allowed(self, host: str) -> bool:
         if not self.hosts:
@@ -141,8 +177,9 @@ def allowed_addresses(url: str, *, policy: Policy, resolve: Resolver | None = No
     second lookup of the name (which could answer differently: rebinding).
 
     Absolute ``http``/``https`` only, at most 2048 characters, a host, no leading ``-``, no credentials, and
-    every address the host resolves to allowed by ``policy``. Decimal (``2130706433``) and IPv6 forms are
-    caught because the check is on what the host resolves to, not on how it is written.
+    every address the host resolves to allowed by ``policy`` (or the host and port one of its ``origins``).
+    Decimal (``2130706433``) and IPv6 forms are caught because the check is on what the host resolves to, not
+    on how it is written.
     """
     if not isinstance(url, str) or not url.strip():
         raise InvalidUrl("Enter the URL of the media.")
@@ -163,7 +200,8 @@ def allowed_addresses(url: str, *, policy: Policy, resolve: Resolver | None = No
         raise InvalidUrl("The URL has no host.")
     if parts.username is not None or parts.password is not None:
         raise InvalidUrl("URLs with a user name or password are not accepted.")
-    if not policy.host_allowed(host):
+    origin = policy.origin_allowed(host, port)
+    if not origin and not policy.host_allowed(host):
         raise UrlNotAllowed(f"Media from {host!r} is not accepted here.")
     try:
         addresses = list((resolve or _resolve)(host, port))
@@ -171,6 +209,6 @@ def allowed_addresses(url: str, *, policy: Policy, resolve: Resolver | None = No
         raise Unresolvable(f"The host {host!r} could not be resolved.") from exc
     if not addresses:
         raise Unresolvable(f"The host {host!r} could not be resolved.")
-    if not all(policy.address_allowed(address) for address in addresses):
+    if not origin and not all(policy.address_allowed(address) for address in addresses):
         raise UrlNotAllowed(f"The host {host!r} points to an address this server does not fetch from.")
     return url, addresses

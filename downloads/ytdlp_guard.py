@@ -74,12 +74,20 @@ def install_network_guard(policy: Policy) -> None:
     real_connect_ex = socket.socket.connect_ex
     # With MEDIA_ALLOWED_HOSTS, a connection may only go to an address one of those names resolved to.
     approved: set[str] = set()
+    # The policy's origins (one job's allowance, e.g. the web serving check_pipeline's sample): the address
+    # *and port* their exact name resolved to in this process. Not the address alone: a redirect to another
+    # port of that host, or another name that resolves there, still meets the ordinary rules.
+    origin_sockaddrs: set[tuple[str, int]] = set()
 
     def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
         results = real_getaddrinfo(host, port, *args, **kwargs)
         if host is None:
             return results
         name = host.decode("idna") if isinstance(host, bytes) else str(host)
+        if policy.origin_allowed(name, port):
+            origin_sockaddrs.update((str(sockaddr[0]), int(sockaddr[1])) for family, _, _, _, sockaddr in results
+                                    if family in (socket.AF_INET, socket.AF_INET6))
+            return results
         if not policy.host_allowed(name):
             raise _refuse(f"host {name!r} (not an allowed host)")
         for family, _, _, _, sockaddr in results:
@@ -94,6 +102,8 @@ def install_network_guard(policy: Policy) -> None:
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
             raise _refuse(f"a socket of family {sock.family!r}")
         ip = str(address[0])
+        if (ip, int(address[1])) in origin_sockaddrs:
+            return
         if not policy.address_allowed(ip) or (policy.hosts and ip.split("%")[0] not in approved):
             raise _refuse(f"address {ip} (not an address this server fetches from)")
 

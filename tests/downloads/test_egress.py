@@ -83,3 +83,96 @@ def test_no_program_but_ffmpeg_ffprobe_or_a_javascript_runtime_may_run():
     with pytest.raises(ytdlp_guard.Refused):
         ytdlp_guard.guarded_argv(["rtmpdump", "-r", "rtmp://10.0.0.1/x"], tools=set())
     assert ytdlp_guard.guarded_argv(["deno", "run", "-"], tools=set()) == ["deno", "run", "-"]
+
+
+# --- Origins: one job's allowance for an exact host and port (check_pipeline's sample on the web) ---------
+
+WEB = "http://web:8000"
+
+
+def _resolves_to(address: str):
+    return lambda host, port: [address]
+
+
+def test_an_origin_is_fetched_from_although_it_is_internal():
+    policy = OPEN.with_origins([WEB])
+
+    url = egress.check_url(f"{WEB}/check/sample/t.mp4", policy=policy, resolve=_resolves_to("172.18.0.5"))
+
+    assert url == f"{WEB}/check/sample/t.mp4"
+
+
+def test_an_origin_opens_no_other_port_of_its_host():
+    policy = OPEN.with_origins([WEB])
+
+    with pytest.raises(egress.UrlNotAllowed):
+        egress.check_url("http://web:8001/x.mp4", policy=policy, resolve=_resolves_to("172.18.0.5"))
+
+
+def test_an_origin_opens_no_other_name_for_its_address():
+    policy = OPEN.with_origins([WEB])
+
+    with pytest.raises(egress.UrlNotAllowed):
+        egress.check_url("http://other:8000/x.mp4", policy=policy, resolve=_resolves_to("172.18.0.5"))
+
+
+def test_an_origin_passes_the_allowed_hosts_too():
+    policy = egress.Policy.build(networks=[], hosts=["example.com"]).with_origins([WEB])
+
+    assert egress.check_url(f"{WEB}/x.mp4", policy=policy, resolve=_resolves_to("172.18.0.5"))
+
+
+def test_a_policy_with_origins_travels_to_the_ytdlp_process_unchanged():
+    policy = egress.Policy.build(networks=["10.0.0.0/8"], hosts=[]).with_origins([WEB, "https://Web.Internal."])
+
+    assert egress.Policy.from_json(policy.to_json()) == policy
+    assert policy.origins == (("web", 8000), ("web.internal", 443))
+
+
+_GUARDED_CONNECTS = """
+import json, socket, sys
+from downloads import egress, ytdlp_guard
+
+port = int(sys.argv[1])
+ytdlp_guard.install_network_guard(egress.Policy.from_json(sys.argv[2]))
+outcomes = {}
+for what, connect in [
+    # First: before the origin's name was resolved, its address is not approved.
+    ("origin, not resolved", lambda: socket.socket().connect(("127.0.0.2", port))),
+    ("origin", lambda: socket.create_connection(("127.0.0.2", port), timeout=2)),
+    ("same address, another port", lambda: socket.create_connection(("127.0.0.2", port + 1), timeout=2)),
+    ("another address, same port", lambda: socket.create_connection(("127.0.0.3", port), timeout=2)),
+]:
+    try:
+        connect().close()
+        outcomes[what] = "connected"
+    except PermissionError:
+        outcomes[what] = "refused"
+print(json.dumps(outcomes))
+"""
+
+
+def test_the_guard_lets_connections_reach_only_the_origins_host_and_port(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from tests.harness.services import REPO_ROOT
+
+    # Given a server on an internal address (127.0.0.2: not in the test "internet") and a policy whose only
+    # origin is that address and port
+    with socket.socket() as server:
+        server.bind(("127.0.0.2", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        policy = egress.Policy.build(networks=["127.0.0.1/32"], hosts=[]).with_origins([f"http://127.0.0.2:{port}"])
+
+        # When yt-dlp's process (the guard installed) connects there, and to its neighbours
+        done = subprocess.run([sys.executable, "-c", _GUARDED_CONNECTS, str(port), policy.to_json()], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=30, check=True)
+
+    # Then only the origin itself is reached
+    assert json.loads(done.stdout) == {"origin, not resolved": "refused", "origin": "connected",
+                                       "same address, another port": "refused",
+                                       "another address, same port": "refused"}
