@@ -10,6 +10,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
@@ -298,6 +299,16 @@ MEDIA_ALLOWED_NETWORKS = [str(ipaddress.ip_network(n, strict=False)) for n in ME
 # When set, only these domains (and their subdomains) may be submitted.
 MEDIA_ALLOWED_HOSTS = env_list("MEDIA_ALLOWED_HOSTS", [])
 MEDIA_STORE_RATE = env_str("MEDIA_STORE_RATE", "60/min")
+# Where the worker reaches the web (compose: http://web:8000). Set, `check_pipeline --e2e` has the web serve
+# its sample and that check's job alone may fetch from exactly this host and port (``scenes.check_sample``);
+# unset, the check serves the sample from the loopback of the process that runs it.
+PIPELINE_CHECK_SAMPLE_ORIGIN = env_url("PIPELINE_CHECK_SAMPLE_ORIGIN", None, schemes=("http", "https"))
+if PIPELINE_CHECK_SAMPLE_ORIGIN:
+    _origin = urlsplit(PIPELINE_CHECK_SAMPLE_ORIGIN)
+    if _origin.path not in ("", "/") or _origin.query or _origin.fragment or "@" in _origin.netloc:
+        raise ImproperlyConfigured(f"PIPELINE_CHECK_SAMPLE_ORIGIN: expected scheme://host[:port] only, got "
+                                   f"{PIPELINE_CHECK_SAMPLE_ORIGIN!r}")
+    PIPELINE_CHECK_SAMPLE_ORIGIN = f"{_origin.scheme}://{_origin.netloc}"
 
 # --- Live messages (cancels, the live stream) -----------------------------------------------------------
 # Redis for messages that are not tasks; the broker's by default.

@@ -9,6 +9,7 @@ from rest_framework.routers import DefaultRouter
 
 from mediastore import metrics
 from mediastore.health import healthz, readyz
+from scenes import check_sample
 from scenes import views as pages
 from scenes.api import MediaStoreView, MeView, ProjectViewSet, SceneViewSet
 from scenes.live_api import scene_events
@@ -60,6 +61,7 @@ urlpatterns = [
     re_path(r"^api/v1/scenes/events/?$", scene_events, name="scene-events"),
     path("api/v1/", include(router.urls)),
     path("files/scenes/<str:scene_id>/<str:kind>", SceneFileView.as_view(), name="scene-file"),
+    path(check_sample.SAMPLE_ROUTE, pages.check_sample_file, name=check_sample.URL_NAME),
 ]
 
 handler404 = "mediastore.health.not_found"

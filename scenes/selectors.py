@@ -41,6 +41,13 @@ def scene_owned(*, owner: User, scene_id: str) -> Scene | None:
     return Scene.objects.select_related("project").filter(owner=owner, pk=scene_id).first()
 
 
+def scene_source_url(*, scene_id: str, owner_username: str) -> str | None:
+    """The scene's URL when that user owns it; None for a missing scene and for anyone else's alike."""
+    url: str | None = (Scene.objects.filter(pk=scene_id, owner__username=owner_username)
+                       .values_list("source_url", flat=True).first())
+    return url
+
+
 def project_list(*, owner: User | None = None) -> QuerySet[Project]:
     """Newest first; ``owner=None`` means every owner (staff views)."""
     projects = Project.objects.order_by("-created_at")

@@ -27,7 +27,7 @@ from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from scenes import live, ranges, selectors, services
+from scenes import check_sample, live, ranges, selectors, services
 from scenes.api import StoreThrottle
 from scenes.forms import StoreForm
 from scenes.lifecycle import SceneStateConflict
@@ -65,6 +65,16 @@ class SceneFileView(APIView):
             raise exceptions.NotFound()
         content_type = (scene.content_type or "application/octet-stream") if kind == "media" else "image/jpeg"
         return ranges.file_response(request, path, content_type=content_type)
+
+
+@require_safe  # GET and HEAD: yt-dlp's generic extractor and downloader ask both
+def check_sample_file(request: HttpRequest, token: str) -> HttpResponseBase:
+    """check_pipeline's sample, for the worker (``scenes.check_sample``): no session, the signed token is the
+    key, and a bad or expired one is a 404 like a missing file."""
+    path = check_sample.sample_file(token)
+    if path is None:
+        raise Http404()
+    return ranges.file_response(request, path, content_type="video/mp4")
 
 
 # --- The status page: Django templates + htmx. Views parse input and call selectors and services. ---------

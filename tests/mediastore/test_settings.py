@@ -108,6 +108,8 @@ def test_durations_accept_units(text: str, seconds: float):
         ({"METRICS_TOKEN": "short"}, "METRICS_TOKEN"),
         ({"MEDIA_WORKER_METRICS_PORT": "70000"}, "MEDIA_WORKER_METRICS_PORT"),
         ({"MEDIA_WORKER_METRICS_PORT": "metrics"}, "MEDIA_WORKER_METRICS_PORT"),
+        ({"PIPELINE_CHECK_SAMPLE_ORIGIN": "web:8000"}, "PIPELINE_CHECK_SAMPLE_ORIGIN"),
+        ({"PIPELINE_CHECK_SAMPLE_ORIGIN": "http://web:8000/check"}, "PIPELINE_CHECK_SAMPLE_ORIGIN"),
     ],
 )
 def test_bad_value_stops_start_up_naming_the_variable(tmp_path: Path, env: dict[str, str], named: str):
