@@ -105,9 +105,11 @@ async def _keep_heartbeat(scene_id: str, attempt: int) -> None:
             return
 
 
-async def ingest(*, scene_id: str) -> str:
+async def ingest(*, scene_id: str, origins: tuple[str, ...] = ()) -> str:
     """Ingest one scene; returns what happened (``completed``, ``failed``, ``retry``, ``deleted`` or why
-    nothing was done)."""
+    nothing was done). ``origins``: URLs whose exact host and port this job may fetch from beyond the address
+    policy (``downloads.egress``); the task gives them to check_pipeline's own scene only."""
+    policy = egress.settings_policy().with_origins(origins)
     claim = await lifecycle.claim(scene_id=scene_id, stale_after=settings.MEDIA_STALE_AFTER,
                                   max_attempts=settings.MEDIA_MAX_ATTEMPTS)
     if not claim.claimed:
@@ -115,14 +117,14 @@ async def ingest(*, scene_id: str) -> str:
         return claim.reason
     logger.info("ingest %s: %s, attempt %d", scene_id, claim.reason, claim.attempts)
     with cancels.cancellable(scene_id), job_metrics.run() as run:
-        return run.ended(await _ingest_claimed(scene_id, claim))
+        return run.ended(await _ingest_claimed(scene_id, claim, policy))
 
 
-async def _ingest_claimed(scene_id: str, claim: lifecycle.Claim) -> str:
+async def _ingest_claimed(scene_id: str, claim: lifecycle.Claim, policy: egress.Policy) -> str:
     try:
         # The temp folder is gone before the scene's final status is written, so whoever sees
         # "completed" or "failed" also sees the clean-up done.
-        fields = await _in_job_dir(scene_id, claim)
+        fields = await _in_job_dir(scene_id, claim, policy)
         return await _complete(scene_id, claim, fields)
     except MediastoreError as error:
         return await _failed(scene_id, claim, error)
@@ -194,11 +196,11 @@ async def _make_job_dir(scene_id: str) -> Path:
         raise TempDirError() from exc
 
 
-async def _in_job_dir(scene_id: str, claim: lifecycle.Claim) -> dict[str, Any]:
+async def _in_job_dir(scene_id: str, claim: lifecycle.Claim, policy: egress.Policy) -> dict[str, Any]:
     job_dir = await _make_job_dir(scene_id)
     heartbeat = asyncio.create_task(_keep_heartbeat(scene_id, claim.attempts))
     try:
-        return await _run(scene_id, claim, job_dir)
+        return await _run(scene_id, claim, job_dir, policy)
     finally:
         heartbeat.cancel()
         # wait() never raises: neither the heartbeat's end nor a cancellation of ours is swallowed here.
@@ -233,11 +235,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-async def _check_source(url: str) -> None:
+async def _check_source(url: str, policy: egress.Policy) -> None:
     """The address policy again, at every start: a retry, a requeue, a takeover or the sweeper re-runs a URL
     accepted long ago, and its name may point somewhere else today (or the policy changed)."""
     try:
-        await asyncio.to_thread(egress.check_url, url, policy=egress.settings_policy())
+        await asyncio.to_thread(egress.check_url, url, policy=policy)
     except egress.UrlNotAllowed as exc:
         raise UrlNotAllowedError(exc.message) from exc
     except egress.Unresolvable as exc:
@@ -246,7 +248,7 @@ async def _check_source(url: str) -> None:
         raise UnsupportedUrlError(exc.message) from exc
 
 
-async def _run(scene_id: str, claim: lifecycle.Claim, job_dir: Path) -> dict[str, Any]:
+async def _run(scene_id: str, claim: lifecycle.Claim, job_dir: Path, policy: egress.Policy) -> dict[str, Any]:
     """Download, probe, thumbnail and upload; returns the fields the completed scene gets."""
     reporter = _ProgressReporter(scene_id, claim.attempts)
     steps: dict[str, float] = {}
@@ -258,8 +260,11 @@ async def _run(scene_id: str, claim: lifecycle.Claim, job_dir: Path) -> dict[str
         steps[name], mark = now - mark, now
         job_metrics.stage_done(name, steps[name])
 
-    await _check_source(claim.source_url)
-    result = await ytdlp.download(claim.source_url, job_dir=job_dir, on_progress=reporter)
+    await _check_source(claim.source_url, policy)
+    if policy.origins:
+        logger.info("ingest %s: may fetch from %s beyond the address policy", scene_id,
+                    ", ".join(f"{host}:{port}" for host, port in policy.origins))
+    result = await ytdlp.download(claim.source_url, job_dir=job_dir, on_progress=reporter, policy=policy)
     step("download")
     await reporter.stage(Stage.POSTPROCESSING)
     info = await media.probe(result.path)

@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from celery.signals import task_received, worker_init, worker_ready, worker_shutdown, worker_shutting_down
 from celery.utils.log import get_task_logger
 from django.conf import settings
@@ -137,7 +138,17 @@ class _DownloadTask(AsyncTask):
 @celery_app.task(base=_DownloadTask, name="downloads.download_media_task")
 async def download_media_task(mongo_db_id: str) -> str:
     """Ingest the scene with this primary key (its only argument, by design). Safe to run twice."""
-    return await pipeline.ingest(scene_id=mongo_db_id)
+    return await pipeline.ingest(scene_id=mongo_db_id, origins=await _egress_origins(mongo_db_id))
+
+
+async def _egress_origins(scene_id: str) -> tuple[str, ...]:
+    # Read from the scene, never from the message: only check_pipeline's own scene gets one (see
+    # scenes.check_sample), and nothing is read at all while no sample origin is configured.
+    if not settings.PIPELINE_CHECK_SAMPLE_ORIGIN:
+        return ()
+    from scenes.check_sample import egress_origins
+
+    return await sync_to_async(egress_origins)(scene_id=scene_id)
 
 
 class _DeleteTask(AsyncTask):

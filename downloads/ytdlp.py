@@ -286,9 +286,10 @@ class _Run:
                 del self.stderr[:-STDERR_TAIL_LINES]
 
 
-def guard_env() -> dict[str, str]:
-    """The environment yt-dlp runs in: ours, plus the policy and the media tools for ytdlp_guard."""
-    return {**os.environ, ytdlp_guard.POLICY_ENV: egress.settings_policy().to_json(),
+def guard_env(policy: egress.Policy | None = None) -> dict[str, str]:
+    """The environment yt-dlp runs in: ours, plus the policy (the settings' unless given) and the media tools
+    for ytdlp_guard."""
+    return {**os.environ, ytdlp_guard.POLICY_ENV: (policy or egress.settings_policy()).to_json(),
             ytdlp_guard.TOOLS_ENV: os.pathsep.join([settings.FFMPEG_PATH, settings.FFPROBE_PATH]),
             ytdlp_guard.MEMORY_ENV: str(settings.MEDIA_CHILD_MEMORY),
             ytdlp_guard.MANIFEST_ENV: str(settings.MEDIA_MAX_MANIFEST)}
@@ -338,8 +339,10 @@ class _Throughput:
         return got if got < self.minimum * self.window else None
 
 
-async def download(url: str, *, job_dir: Path, on_progress: ProgressCallback | None = None) -> DownloadResult:
-    """Download ``url`` into ``job_dir``; raise one of our errors on any failure."""
+async def download(url: str, *, job_dir: Path, on_progress: ProgressCallback | None = None,
+                   policy: egress.Policy | None = None) -> DownloadResult:
+    """Download ``url`` into ``job_dir`` under ``policy`` (the settings' unless given); raise one of our errors
+    on any failure."""
     max_filesize = settings.MEDIA_MAX_FILESIZE
     run = _Run(max_filesize=max_filesize, on_progress=on_progress)
     argv = build_argv(url, job_dir=job_dir, max_filesize=max_filesize)
@@ -347,7 +350,7 @@ async def download(url: str, *, job_dir: Path, on_progress: ProgressCallback | N
     try:
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True, env=guard_env(), limit=LINE_LIMIT,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True, env=guard_env(policy), limit=LINE_LIMIT,
         )
     except OSError as exc:
         raise InternalError(f"could not start yt-dlp: {exc.strerror}") from exc

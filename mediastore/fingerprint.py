@@ -28,5 +28,7 @@ def config_fingerprint() -> dict[str, str]:
         "CELERY_TASK_SOFT_TIME_LIMIT": str(settings.CELERY_TASK_SOFT_TIME_LIMIT),
         "MEDIA_STALE_AFTER": str(settings.MEDIA_STALE_AFTER),
         "MEDIA_MAX_ATTEMPTS": str(settings.MEDIA_MAX_ATTEMPTS),
+        # The worker lets check_pipeline's sample past the address policy only on the origin it knows.
+        "PIPELINE_CHECK_SAMPLE_ORIGIN": str(settings.PIPELINE_CHECK_SAMPLE_ORIGIN or ""),
     }
     return {name: hashlib.sha256(value.encode()).hexdigest()[:16] for name, value in values.items()}

@@ -24,10 +24,11 @@ from mediastore.celery import app as celery_app
 from mediastore.fingerprint import config_fingerprint
 from mediastore.health import check_broker, check_database, check_object_store
 from mediastore.liveness import check_workers
-from scenes import services
+from scenes import check_sample, services
+from scenes.check_sample import CHECK_USER
 from scenes.models import Scene
 
-CHECK_USER = "pipeline-check"
+__all__ = ["CHECK_USER", "Check", "run_checks"]
 
 
 @dataclass(frozen=True)
@@ -131,22 +132,62 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
+def _generate_sample(path: Path) -> int:
+    """A 2 s video with sound, made by ffmpeg at ``path``; returns its size."""
+    import subprocess
+
+    subprocess.run([settings.FFMPEG_PATH, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "lavfi",
+                    "-i", "testsrc2=size=320x240:rate=25", "-f", "lavfi", "-i", "sine=frequency=440",
+                    "-t", "2", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac",
+                    str(path)], check=True, timeout=60)
+    return path.stat().st_size
+
+
+@contextlib.contextmanager
+def _web_sample(origin: str) -> Iterator[tuple[str, int]]:
+    """The sample in the folder the web serves it from (``DATA_DIR``, a volume web and workers share in
+    compose), at its signed URL on ``origin``; yields (url, size) and removes the file after."""
+    path = check_sample.new_sample_path()
+    try:
+        size = _generate_sample(path)
+        yield check_sample.sample_url(origin=origin, path=path), size
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _web_serves(url: str, size: int) -> str | None:
+    """What is wrong when the web does not answer for the sample as the worker will ask for it, else None."""
+    import urllib.error
+    import urllib.request
+
+    # Straight to the web, as the worker goes: a proxy in the environment is not on that path.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        # The URL is ours: the configured origin (http or https, checked at start-up) and the sample path.
+        with opener.open(urllib.request.Request(url, method="HEAD"), timeout=10) as response:  # noqa: S310
+            length = response.headers.get("Content-Length")
+    except urllib.error.HTTPError as exc:
+        return (f"the web answered {exc.code} for the sample; does it read the same DATA_DIR "
+                f"({settings.DATA_DIR}) and secret key as this command?")
+    except OSError as exc:
+        return (f"the web did not answer at {settings.PIPELINE_CHECK_SAMPLE_ORIGIN} "
+                f"(PIPELINE_CHECK_SAMPLE_ORIGIN): {type(exc).__name__}: {str(exc)[:200]}")
+    if length != str(size):
+        return f"the web announced {length} bytes for the sample, not {size}"
+    return None
+
+
 @contextlib.contextmanager
 def _sample_server() -> Iterator[tuple[str, int]]:
     """A short generated video served from a loopback HTTP server; yields (url, size)."""
-    import subprocess
-
     with tempfile.TemporaryDirectory(prefix="check-pipeline-") as folder:
         sample = Path(folder) / "sample.mp4"
-        subprocess.run([settings.FFMPEG_PATH, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "lavfi",
-                        "-i", "testsrc2=size=320x240:rate=25", "-f", "lavfi", "-i", "sine=frequency=440",
-                        "-t", "2", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac",
-                        str(sample)], check=True, timeout=60)
+        size = _generate_sample(sample)
         server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=folder))
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
-            yield f"http://127.0.0.1:{server.server_address[1]}/sample.mp4", sample.stat().st_size
+            yield f"http://127.0.0.1:{server.server_address[1]}/sample.mp4", size
         finally:
             server.shutdown()
             server.server_close()
@@ -166,9 +207,15 @@ def _stored_size(key: str) -> int | None:
 
 def _end_to_end(*, timeout: float) -> Iterator[Check]:
     owner, _ = get_user_model().objects.get_or_create(username=CHECK_USER, defaults={"is_active": False})
+    origin = settings.PIPELINE_CHECK_SAMPLE_ORIGIN
     scene: Scene | None = None
     try:
-        with _sample_server() as (url, size):
+        # With an origin the web serves the sample, wherever the worker runs; without one, this process does.
+        with _web_sample(origin) if origin else _sample_server() as (url, size):
+            problem = _web_serves(url, size) if origin else None
+            if problem:
+                yield Check("0.2", "sample", "FAIL", problem)
+                return
             yield Check("0.2", "sample", "PASS", f"{size} bytes generated with ffmpeg, served at {url}")
             scene = services.scene_store(owner=owner, source_url=url, title="check_pipeline sample")
             deadline = time.monotonic() + timeout
@@ -177,10 +224,15 @@ def _end_to_end(*, timeout: float) -> Iterator[Check]:
             scene.refresh_from_db()
         if scene.status != Scene.Status.COMPLETED:
             reason = f"{scene.status}: {scene.error_code} {scene.error_message}".strip()
-            if scene.error_code == "url_not_allowed":
+            if scene.error_code == "url_not_allowed" and origin:
+                reason += ("; the worker refused the web: is PIPELINE_CHECK_SAMPLE_ORIGIN set alike for web and "
+                           "worker?")
+            elif scene.error_code == "url_not_allowed":
                 # The worker refusing loopback is right; the sample is served there, so say how to check.
-                reason += ("; the sample is served from 127.0.0.1, which the address policy refuses: run the "
-                           "check with MEDIA_ALLOWED_NETWORKS=127.0.0.1/32 set for web and worker alike")
+                reason += ("; the sample is served from 127.0.0.1 of this process, which the address policy "
+                           "refuses: set PIPELINE_CHECK_SAMPLE_ORIGIN (where the worker reaches the web, e.g. "
+                           "http://web:8000) for web and worker alike, or, with the worker on this host, "
+                           "MEDIA_ALLOWED_NETWORKS=127.0.0.1/32 for both")
             yield Check("0.3", "ingest", "FAIL", f"the sample did not complete within {timeout:.0f}s ({reason})")
             return
         assert scene.completed_at is not None

@@ -172,11 +172,11 @@ def start_web(transactional_db: None, broker_url: str, tmp_path: Path) -> Iterat
     database, with the same ``DATA_DIR`` as ``start_worker``'s workers (so it serves their local media)."""
     servers: list[WebServer] = []
 
-    def start(*, env: Mapping[str, str] | None = None, workers: int = 1) -> WebServer:
+    def start(*, env: Mapping[str, str] | None = None, workers: int = 1, host: str = "127.0.0.1") -> WebServer:
         server = WebServer(
             env=worker_environment(broker_url=broker_url, database_url=_worker_database_url(),
                                    data_dir=tmp_path / "worker-data", extra=env),
-            log_path=tmp_path / f"web-{len(servers)}.log", workers=workers,
+            log_path=tmp_path / f"web-{len(servers)}.log", workers=workers, host=host,
         )
         servers.append(server)
         server.wait_ready()

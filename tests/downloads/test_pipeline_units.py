@@ -607,7 +607,7 @@ async def test_a_run_that_lost_its_scene_stops_and_reports_it_moved(tmp_path: Pa
 
     claim = lifecycle.Claim(claimed=True, reason="claimed", source_url="https://e.com/v", attempts=1)
 
-    async def slow_download(url, *, job_dir, on_progress):
+    async def slow_download(url, *, job_dir, on_progress, policy):
         await on_progress(ytdlp.Progress(downloaded_bytes=1, total_bytes=10, percent=10.0, stage="downloading"))
         await asyncio.sleep(60)
 
@@ -622,6 +622,33 @@ async def test_a_run_that_lost_its_scene_stops_and_reports_it_moved(tmp_path: Pa
                                                             executor=None, state=bridge._RunState()), 5)
 
     assert outcome == "moved"
+
+
+async def test_a_jobs_origins_pass_the_start_check_and_reach_ytdlps_guard(tmp_path: Path, monkeypatch):
+    # Given a scene whose URL is on an internal address (the web, in compose)
+    monkeypatch.setattr(egress, "_resolve", lambda host, port: ["172.18.0.5"])
+    claim = lifecycle.Claim(claimed=True, reason="claimed", source_url="http://web:8000/check/sample/t.mp4",
+                            attempts=1)
+    media_path = tmp_path / "media.mp4"
+    media_path.write_bytes(b"v")
+    info = media.MediaInfo(duration=2.0, width=320, height=240, size_bytes=1, video_codec="h264",
+                           audio_codec="aac", content_type="video/mp4")
+    download = mock.AsyncMock(return_value=ytdlp.DownloadResult(media_path, "T"))
+    with (
+        mock.patch.object(lifecycle, "claim", mock.AsyncMock(return_value=claim)),
+        mock.patch.object(lifecycle, "heartbeat", mock.AsyncMock(return_value=True)),
+        mock.patch.object(lifecycle, "complete", mock.AsyncMock(return_value=True)),
+        mock.patch.object(ytdlp, "download", download),
+        mock.patch.object(media, "probe", mock.AsyncMock(return_value=info)),
+        mock.patch.object(media, "thumbnail", mock.AsyncMock(return_value=None)),
+        mock.patch.object(storage, "get_storage", return_value=mock.AsyncMock()),
+    ):
+        # When the task gives the job that origin
+        outcome = await pipeline.ingest(scene_id=SCENE_ID, origins=("http://web:8000",))
+
+    # Then the start-of-job check lets it through and yt-dlp's guard gets it, for that host and port only
+    assert outcome == "completed"
+    assert download.await_args.kwargs["policy"].origins == (("web", 8000),)
 
 
 def test_titles_lose_bidi_overrides_and_zero_width_characters():

@@ -66,24 +66,26 @@ def s3_server(workdir: Path) -> Iterator[str]:
 
 class WebServer:
     """The app as production serves it (``mediastore.runstack.web_command``: gunicorn, uvicorn workers, ASGI) on
-    a free loopback port, logging to a file."""
+    a free loopback port, logging to a file. ``host`` may be another loopback address than the test "internet"
+    (127.0.0.2: internal to the worker, as the web is in production)."""
 
-    def __init__(self, *, env: Mapping[str, str], log_path: Path, workers: int = 1) -> None:
+    def __init__(self, *, env: Mapping[str, str], log_path: Path, workers: int = 1, host: str = "127.0.0.1") -> None:
         from mediastore.runstack import web_command
 
-        self.port = free_port()
-        argv = web_command(bin_dir=str(Path(sys.executable).parent), bind=f"127.0.0.1:{self.port}", workers=workers)
+        self.host = host
+        self.port = free_port(host)
+        argv = web_command(bin_dir=str(Path(sys.executable).parent), bind=f"{host}:{self.port}", workers=workers)
         self.process = ServiceProcess(argv, log_path=log_path, env=dict(env), cwd=REPO_ROOT)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def wait_ready(self, timeout: float = 30) -> None:
         def ready() -> bool:
             if not self.process.alive():
                 raise RuntimeError(f"the web server exited during start-up:\n{self.log()[-4000:]}")
-            return port_open(self.port) and "Booting worker" in self.log()
+            return port_open(self.port, self.host) and "Booting worker" in self.log()
 
         wait_until(ready, timeout=timeout, interval=0.1, what="the web server to listen")
 
