@@ -167,7 +167,10 @@ def _web_serves(url: str, size: int) -> str | None:
         with opener.open(urllib.request.Request(url, method="HEAD"), timeout=10) as response:  # noqa: S310
             length = response.headers.get("Content-Length")
     except urllib.error.HTTPError as exc:
-        return (f"the web answered {exc.code} for the sample; does it read the same DATA_DIR "
+        if exc.code == 400:  # Django's answer to a Host it does not serve
+            return (f"the web answered 400 for the sample: is the host of PIPELINE_CHECK_SAMPLE_ORIGIN "
+                    f"({settings.PIPELINE_CHECK_SAMPLE_ORIGIN}) in DJANGO_ALLOWED_HOSTS?")
+        return (f"the web answered {exc.code} for the sample: does it read the same DATA_DIR "
                 f"({settings.DATA_DIR}) and secret key as this command?")
     except OSError as exc:
         return (f"the web did not answer at {settings.PIPELINE_CHECK_SAMPLE_ORIGIN} "

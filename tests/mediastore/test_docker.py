@@ -135,6 +135,17 @@ def test_prometheus_scrapes_the_web_by_a_host_django_allows():
     assert "web" in allowed
 
 
+def test_the_pipeline_check_sample_comes_from_the_web_for_web_and_workers_alike():
+    services = yaml.safe_load(_compose("config").stdout)["services"]
+    allowed = services["web"]["environment"]["DJANGO_ALLOWED_HOSTS"].split(",")
+
+    for name in ("web", "worker", "webhooks"):
+        assert services[name]["environment"]["PIPELINE_CHECK_SAMPLE_ORIGIN"] == "http://web:8000"
+    assert "web" in allowed  # the Host the worker asks the web for the sample by
+    # Where the check writes the sample for the web (any app container may run it): one shared volume.
+    assert all("appdata:/data" in str(services[name]["volumes"]) for name in ("web", "worker", "webhooks"))
+
+
 def test_prometheus_scrapes_every_worker_on_the_port_it_serves():
     worker = yaml.safe_load(_compose("config").stdout)["services"]["worker"]["environment"]
     discovery = _scrape_jobs()["mediastore-worker"]["dns_sd_configs"][0]
