@@ -43,8 +43,11 @@ def scene_owned(*, owner: User, scene_id: str) -> Scene | None:
 
 def scene_source_url(*, scene_id: str, owner_username: str) -> str | None:
     """The scene's URL when that user owns it; None for a missing scene and for anyone else's alike."""
-    url: str | None = (Scene.objects.filter(pk=scene_id, owner__username=owner_username)
-                       .values_list("source_url", flat=True).first())
+    # Two reads rather than a join across users and scenes: the same plain lookups on SQL and on MongoDB.
+    owner_id = User.objects.filter(username=owner_username).values_list("pk", flat=True).first()
+    if owner_id is None:
+        return None
+    url: str | None = Scene.objects.filter(pk=scene_id, owner_id=owner_id).values_list("source_url", flat=True).first()
     return url
 
 
