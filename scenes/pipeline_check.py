@@ -28,8 +28,6 @@ from scenes import check_sample, services
 from scenes.check_sample import CHECK_USER
 from scenes.models import Scene
 
-__all__ = ["CHECK_USER", "Check", "run_checks"]
-
 
 @dataclass(frozen=True)
 class Check:
