@@ -71,6 +71,16 @@ def test_dockerignore_keeps_the_venv_local_data_and_git_out_of_the_image():
     assert {".venv", "var", ".git"} <= ignored
 
 
+def test_the_base_image_is_pinned_by_digest_and_dependabot_moves_it():
+    base = re.search(r"^FROM (\S+)", DOCKERFILE.read_text(), re.MULTILINE)
+    dependabot = yaml.safe_load((REPO_ROOT / ".github" / "dependabot.yml").read_text())
+
+    assert base is not None
+    assert re.fullmatch(r"python:[\w.-]+@sha256:[0-9a-f]{64}", base.group(1))
+    assert {"package-ecosystem": "docker", "directory": "/docker"}.items() <= next(
+        u for u in dependabot["updates"] if u["package-ecosystem"] == "docker").items()
+
+
 def test_image_code_is_owned_by_root_and_has_a_healthcheck():
     text = DOCKERFILE.read_text()
 
