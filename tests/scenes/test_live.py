@@ -85,7 +85,8 @@ def test_a_hanging_redis_costs_one_short_timeout_and_then_nothing(owner, setting
     then = time.monotonic() - started
 
     assert live.TIMEOUT * 0.8 <= first < live.TIMEOUT * 3
-    assert then < 0.05, f"10 publishes took {then:.3f}s while Redis hangs"
+    # Each publish that still tried Redis would wait out the timeout; ten together stay under one.
+    assert then < live.TIMEOUT / 2, f"10 publishes took {then:.3f}s while Redis hangs"
 
 
 def test_the_breaker_lets_publishing_try_again_after_its_cooldown():
