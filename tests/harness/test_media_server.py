@@ -88,7 +88,7 @@ def test_large_file_is_served_with_and_without_content_length(media_server: Medi
 
 
 def test_throttled_file_arrives_at_the_requested_rate(media_server: MediaServer):
-    rate = 1024 * 1024
+    rate = 4 * 1024 * 1024  # the file takes about 1.5 s at this rate: long enough to measure
     started = time.monotonic()
     with urllib.request.urlopen(media_server.url(f"throttled.mp4?rate={rate}"), timeout=30) as response:
         size = len(response.read())
