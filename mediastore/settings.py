@@ -386,6 +386,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # ...and scan on every empty poll, not every tenth, so a lost task returns within a poll or two of its
     # visibility timeout.
     "unacked_restore_throttle": 1,
+    # A publish that finds the broker down fails at once instead of retrying the connection for 6 s (kombu's
+    # default: a store request answered 202 only after 6 s). Nothing is lost: the scene or delivery is in the
+    # database and the sweeper sends it again. A worker's consumer reconnects with Celery's own retries
+    # (CELERY_BROKER_CONNECTION_RETRY*), which pass their own limits.
+    "max_retries": 0,
     "socket_connect_timeout": 5,
     "socket_timeout": 30,
 }
