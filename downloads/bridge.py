@@ -458,6 +458,44 @@ async def _supervised(coro: Coroutine[Any, Any, T], *, soft_limit: float | None,
             timer.cancel()
 
 
+def own_child(pid: int) -> Callable[[object], None]:
+    """Record ``pid``, a subprocess started otherwise than by Popen (a child of the yt-dlp helper), as the
+    current run's, so the hard limit, cancel and shutdown kill its group; call the returned function once it
+    has been reaped, as its pid may then be reused."""
+    state = _run_state.get(None)
+    if state is not None:
+        state.children.add(pid)
+
+    def forget(_: object = None) -> None:
+        if state is not None:
+            state.children.discard(pid)
+
+    return forget
+
+
+def native_socketpair(family: int, kind: int) -> tuple[Any, Any]:
+    """``socket.socketpair`` as the standard library has it: gevent's sockets wait on a hub, which never runs in
+    the loop thread (the yt-dlp helper's control socket hung there)."""
+    import socket
+
+    pair = _original("socket", "socketpair") if gevent_is_active() else socket.socketpair
+    return cast("tuple[Any, Any]", pair(family, kind))
+
+
+def native_close(fd: int) -> None:
+    """``os.close`` that closes now: gevent's defers the close to the calling thread's hub, which never runs
+    in the loop thread (a pipe's write end stayed open there, so its reader never saw the end)."""
+    (_original("os", "close") if gevent_is_active() else os.close)(fd)
+
+
+def on_worker_loop() -> bool:
+    """Whether this runs on the worker's long-lived loop (not an ``asyncio.run`` of a test or a command)."""
+    try:
+        return asyncio.get_running_loop() is bridge.loop
+    except RuntimeError:
+        return False
+
+
 def kill_process_groups(pids: set[int]) -> None:
     """SIGKILL every subprocess a run started, with its whole process group when it leads one."""
     for pid in list(pids):

@@ -31,7 +31,7 @@ from typing import Any
 
 from django.conf import settings
 
-from downloads import egress, ytdlp_guard
+from downloads import bridge, egress, ytdlp_guard, ytdlp_helper
 from downloads.exceptions import (
     DiskFullError,
     DownloadTimeoutError,
@@ -88,13 +88,16 @@ class DownloadResult:
 ProgressCallback = Callable[[Progress], Awaitable[None]]
 
 
+_INTERPRETER = (sys.executable, "-s", "-c")
+
+
 def build_argv(url: str, *, job_dir: Path, max_filesize: int) -> list[str]:
     """The whole command line; ``url`` is untrusted and only ever follows ``--``."""
     progress = (f"download:{PROGRESS_MARK} %(progress.status)s %(progress.downloaded_bytes)s "
                 "%(progress.total_bytes)s %(progress.total_bytes_estimate)s")
     # yt-dlp runs inside ytdlp_guard, which applies the address policy to every connection it opens.
     return [
-        sys.executable, "-s", "-c", ytdlp_guard.bootstrap(_REPO_ROOT),
+        *_INTERPRETER, ytdlp_guard.bootstrap(_REPO_ROOT),
         "--ignore-config", "--no-plugin-dirs", "--no-cache-dir", "--no-playlist", "-I", "1",
         # --no-quiet undoes the quiet mode --print implies: the line that says a file was skipped for
         # --max-filesize (exit 0, no result) is only printed then.
@@ -347,13 +350,7 @@ async def download(url: str, *, job_dir: Path, on_progress: ProgressCallback | N
     run = _Run(max_filesize=max_filesize, on_progress=on_progress)
     argv = build_argv(url, job_dir=job_dir, max_filesize=max_filesize)
     started = time.monotonic()
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True, env=guard_env(policy), limit=LINE_LIMIT,
-        )
-    except OSError as exc:
-        raise InternalError(f"could not start yt-dlp: {exc.strerror}") from exc
+    process = await _start(argv, env=guard_env(policy))
 
     def kill(verdict: MediastoreError) -> None:
         if run.verdict is None:
@@ -397,8 +394,28 @@ async def download(url: str, *, job_dir: Path, on_progress: ProgressCallback | N
         if process.returncode is None:  # cancelled (soft or hard limit): leave nothing running
             kill(DownloadTimeoutError())
             await asyncio.shield(process.wait())
+        if isinstance(process, ytdlp_helper.ForkedProcess):
+            process.close()
     logger.info("yt-dlp exited %s after %.1fs for %s", returncode, time.monotonic() - started, clean(url, 200))
     return _verdict(run, returncode, url, job_dir=job_dir)
+
+
+async def _start(argv: list[str], *, env: dict[str, str]) -> asyncio.subprocess.Process | ytdlp_helper.ForkedProcess:
+    """yt-dlp as a child of the worker's helper, which has imported it already (MEDIA_YTDLP_HELPER, in the
+    worker), or as a plain subprocess; the same program and arguments either way."""
+    if settings.MEDIA_YTDLP_HELPER and bridge.on_worker_loop():
+        try:
+            helper = await ytdlp_helper.helper()
+            return await helper.spawn(argv[len(_INTERPRETER) + 1:], env=env)
+        except ytdlp_helper.HelperUnavailable as exc:
+            logger.warning("%s; this job starts yt-dlp as a plain subprocess", exc)
+    try:
+        return await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True, env=env, limit=LINE_LIMIT,
+        )
+    except OSError as exc:
+        raise InternalError(f"could not start yt-dlp: {exc.strerror}") from exc
 
 
 def _verdict(run: _Run, returncode: int, url: str, *, job_dir: Path) -> DownloadResult:

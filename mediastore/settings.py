@@ -235,6 +235,9 @@ MEDIA_MAX_ACTIVE_PER_OWNER = env_int("MEDIA_MAX_ACTIVE_PER_OWNER", 20, minimum=1
 MEDIA_SOCKET_TIMEOUT = env_duration("MEDIA_SOCKET_TIMEOUT", 30)
 # --use-extractors: the sites we support plus generic; fewer extractors halve yt-dlp's start-up.
 # html5 is what reads a page's <video src>; generic alone answered "Unsupported URL" for it.
+# Each job's yt-dlp is forked from a helper process that imported yt-dlp once (downloads.ytdlp_forkserver):
+# importing it was most of a small clip's CPU. Off: a plain subprocess per job, as before.
+MEDIA_YTDLP_HELPER = env_bool("MEDIA_YTDLP_HELPER", True)
 MEDIA_YTDLP_EXTRACTORS = env_list("MEDIA_YTDLP_EXTRACTORS", ["reddit", "youtube", "generic", "html5"])
 MEDIA_MAX_ATTEMPTS = env_int("MEDIA_MAX_ATTEMPTS", 3, minimum=1)
 MEDIA_RETRY_BACKOFF = env_duration("MEDIA_RETRY_BACKOFF", 30)

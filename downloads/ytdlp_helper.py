@@ -1,0 +1,233 @@
+"""The worker's side of the yt-dlp helper (``downloads.ytdlp_forkserver``): one per worker process, started on
+first use, started again when it has died; each job is a child it forks, owned here like a subprocess.
+
+``spawn`` returns a ``ForkedProcess`` with what ``downloads.ytdlp`` uses of ``asyncio.subprocess.Process``:
+``pid`` (the leader of the job's own process group), ``stdout``/``stderr`` stream readers, ``wait()`` and
+``returncode``. The child is recorded in the current run like a subprocess (``bridge.own_child``), so the hard
+limit, cancel and shutdown kill its group as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from downloads import bridge, ytdlp_forkserver
+from downloads.subprocesses import kill_group
+
+logger = logging.getLogger(__name__)
+
+_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+SHARED_KEY = "ytdlp-helper"
+START_TIMEOUT = 60.0
+
+
+class HelperUnavailable(OSError):
+    """The helper could not be started or stopped while a job was being handed to it."""
+
+
+class ForkedProcess:
+    def __init__(self, *, pid: int, stdout: asyncio.StreamReader, stderr: asyncio.StreamReader,
+                 exited: asyncio.Future[int], transports: list[asyncio.BaseTransport]) -> None:
+        self.pid = pid
+        self.stdout = stdout
+        self.stderr = stderr
+        self._exited = exited
+        self._transports = transports
+
+    @property
+    def returncode(self) -> int | None:
+        return self._exited.result() if self._exited.done() else None
+
+    async def wait(self) -> int:
+        try:
+            return await asyncio.shield(self._exited)
+        finally:
+            if self._exited.done():
+                self.close()
+
+    def close(self) -> None:
+        for transport in self._transports:
+            transport.close()
+
+
+class Helper:
+    def __init__(self) -> None:
+        self._process: asyncio.subprocess.Process | None = None
+        self._control: socket.socket | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._started: asyncio.Lock | None = None
+        self._forks: dict[int, asyncio.Future[int]] = {}  # job number -> the child's pid
+        self._exits: dict[int, asyncio.Future[int]] = {}  # pid -> its exit code
+        self._jobs = 0
+        self._closing = False
+        self.starts = 0
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls) -> AsyncIterator[Helper]:
+        helper = cls()
+        try:
+            yield helper
+        finally:
+            await helper.aclose()
+
+    async def spawn(self, argv: list[str], *, env: dict[str, str]) -> ForkedProcess:
+        """Start ``argv`` (the arguments of ``ytdlp_guard.main``) as a forked child with ``env``."""
+        loop = asyncio.get_running_loop()
+        control = await self._ensure_started()
+        self._jobs += 1
+        job = self._jobs
+        forked: asyncio.Future[int] = loop.create_future()
+        self._forks[job] = forked
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        stdin = os.open(os.devnull, os.O_RDONLY)
+        try:
+            message = json.dumps({"job": job, "argv": argv, "env": env}).encode()
+            await self._send(control, message, [stdin, out_write, err_write])
+        except BaseException:
+            self._forks.pop(job, None)
+            bridge.native_close(out_read)
+            bridge.native_close(err_read)
+            raise
+        finally:  # the child has its own copies: ours would keep the pipes from ending
+            for fd in (stdin, out_write, err_write):
+                bridge.native_close(fd)
+        try:
+            pid = await forked
+        except BaseException:
+            bridge.native_close(out_read)
+            bridge.native_close(err_read)
+            raise
+        exited = self._exits[pid]
+        exited.add_done_callback(bridge.own_child(pid))
+        from downloads.ytdlp import LINE_LIMIT
+
+        streams: list[asyncio.StreamReader] = []
+        transports: list[asyncio.BaseTransport] = []
+        for fd in (out_read, err_read):
+            reader = asyncio.StreamReader(limit=LINE_LIMIT, loop=loop)
+            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+            transport, _ = await loop.connect_read_pipe(lambda p=protocol: p, os.fdopen(fd, "rb", buffering=0))  # type: ignore[misc]
+            streams.append(reader)
+            transports.append(transport)
+        return ForkedProcess(pid=pid, stdout=streams[0], stderr=streams[1], exited=exited, transports=transports)
+
+    async def _send(self, control: socket.socket, message: bytes, fds: list[int]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                socket.send_fds(control, [message], fds)
+                return
+            except BlockingIOError:
+                ready = loop.create_future()
+                loop.add_writer(control, ready.set_result, None)
+                try:
+                    await ready
+                finally:
+                    loop.remove_writer(control)
+            except OSError as exc:
+                raise HelperUnavailable(f"the yt-dlp helper is not taking jobs: {exc}") from exc
+
+    async def _ensure_started(self) -> socket.socket:
+        if self._started is None:
+            self._started = asyncio.Lock()
+        async with self._started:
+            if self._control is None or self._process is None or self._process.returncode is not None:
+                # In a context of its own: the helper is the worker's, not a child of the run that needed it
+                # first (whose hard limit would kill it).
+                start = asyncio.get_running_loop().create_task(self._start(), context=contextvars.Context())
+                await asyncio.shield(start)
+            assert self._control is not None
+            return self._control
+
+    async def _start(self) -> None:
+        ours, theirs = bridge.native_socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-s", "-c", ytdlp_forkserver.bootstrap(_REPO_ROOT, theirs.fileno()),
+                pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            ours.close()
+            raise HelperUnavailable(f"could not start the yt-dlp helper: {exc.strerror}") from exc
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._process, self._control = process, ours
+        self.starts += 1
+        self._reader = asyncio.get_running_loop().create_task(self._read(ours, process), name="yt-dlp helper")
+        logger.info("yt-dlp helper %d started (start %d)", process.pid, self.starts)
+
+    async def _read(self, control: socket.socket, process: asyncio.subprocess.Process) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while data := await loop.sock_recv(control, ytdlp_forkserver.MAX_MESSAGE):
+                self._dispatch(json.loads(data))
+        except OSError:
+            pass
+        finally:
+            self._lost(control, process)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        if "job" in message:
+            forked = self._forks.pop(message["job"], None)
+            if "pid" in message:
+                pid = int(message["pid"])
+                self._exits[pid] = asyncio.get_running_loop().create_future()
+                if forked is not None and not forked.done():
+                    forked.set_result(pid)
+            elif forked is not None and not forked.done():
+                forked.set_exception(HelperUnavailable(f"the yt-dlp helper could not fork: {message.get('error')}"))
+        elif "pid" in message:
+            exited = self._exits.pop(int(message["pid"]), None)
+            if exited is not None and not exited.done():
+                exited.set_result(int(message["code"]))
+
+    def _lost(self, control: socket.socket, process: asyncio.subprocess.Process) -> None:
+        """The helper is gone (or being closed): its children are orphans nobody reports on; end them."""
+        if self._control is control:
+            self._control = None
+        control.close()
+        running = sum(not exited.done() for exited in self._exits.values())
+        if not self._closing:
+            logger.warning("yt-dlp helper %d stopped; %d running jobs are killed, the next job starts a new one",
+                           process.pid, running)
+        for pid, exited in self._exits.items():
+            if not exited.done():
+                kill_group(pid)
+                exited.set_result(-9)
+        self._exits.clear()
+        for forked in self._forks.values():
+            if not forked.done():
+                forked.set_exception(HelperUnavailable("the yt-dlp helper stopped"))
+        self._forks.clear()
+
+    async def aclose(self) -> None:
+        self._closing = True
+        if self._control is not None:
+            self._control.shutdown(socket.SHUT_RDWR)  # the helper reads the end, kills its children, exits
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._process is not None and self._process.returncode is None:
+            try:
+                await asyncio.wait_for(self._process.wait(), 5)
+            except TimeoutError:
+                self._process.kill()
+                await self._process.wait()
+
+
+async def helper() -> Helper:
+    """The running loop's helper."""
+    return await bridge.shared(SHARED_KEY, Helper.running)
