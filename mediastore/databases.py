@@ -86,6 +86,11 @@ def _sqlite(path: Path, *, data_dir: Path) -> DatabaseConfig:
             # Tests need a file, not Django's in-memory default: the Celery worker under test is another
             # process and must see the same rows.
             "TEST": {"NAME": str(data_dir / "test-db.sqlite3")},
+            # Not persistent, although a request then opens the file again (about 0.5 ms): under the uvicorn
+            # workers each request's sync part runs in a thread of its own (Django's ThreadSensitiveContext)
+            # and Django's connections are per thread, so a kept connection would never serve a second
+            # request and would only pile up until its thread's garbage is collected.
+            "CONN_MAX_AGE": 0,
         },
         is_mongodb=False,
     )

@@ -1,6 +1,7 @@
-"""gunicorn hooks of the web: Prometheus multiprocess mode. Used as ``gunicorn -c mediastore/gunicorn_conf.py``
-(``make run``, the image); every option on the command line still decides the rest (workers, bind, worker
-class: sync and ``uvicorn_worker.UvicornWorker`` alike, as the hooks run in the master).
+"""gunicorn hooks of the web: Prometheus multiprocess mode, and every worker process warmed before it serves.
+Used as ``gunicorn -c mediastore/gunicorn_conf.py`` (``make run``, the image); every option on the command line
+still decides the rest (workers, bind, worker class: sync and ``uvicorn_worker.UvicornWorker`` alike, as both
+call these hooks: the metrics ones in the master, ``post_worker_init`` in each worker).
 
 Each worker process writes its metrics to files in ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` adds every
 process's files up, so a scrape sees the whole server whichever process answers. When the variable is unset a
@@ -30,6 +31,14 @@ def on_starting(server: Any) -> None:
     for path in _FOLDER.glob("*.db"):
         if path.name.startswith(("counter_", "gauge_", "histogram_", "summary_")):
             path.unlink(missing_ok=True)
+
+
+def post_worker_init(worker: Any) -> None:
+    # In the worker process, after the app (and so Django) is loaded and before the first request: the store
+    # path's lazy imports and the broker connection are paid here, not by a client (``mediastore.warmup``).
+    from mediastore.warmup import warm_web_process
+
+    warm_web_process()
 
 
 def child_exit(server: Any, worker: Any) -> None:

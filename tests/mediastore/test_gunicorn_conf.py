@@ -1,4 +1,5 @@
-"""The web under gunicorn with ``-c mediastore/gunicorn_conf.py``: /metrics adds up every worker process."""
+"""The web under gunicorn with ``-c mediastore/gunicorn_conf.py``: /metrics adds up every worker process, and
+every worker process is warmed before it serves."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def gunicorn(tmp_path: Path, broker_url: str) -> Iterator[Start]:
     started: list[ServiceProcess] = []
 
     def start(kind: str = "sync", *, multiproc_dir: Path | None,
-              options: tuple[str, ...] = ()) -> tuple[ServiceProcess, int]:
+              options: tuple[str, ...] = (), env_extra: dict[str, str] | None = None) -> tuple[ServiceProcess, int]:
         worker_class, app = APPS[kind]
         port = free_port()
         env = {k: v for k, v in os.environ.items()
@@ -36,6 +37,7 @@ def gunicorn(tmp_path: Path, broker_url: str) -> Iterator[Start]:
                     "TMPDIR": str(tmp_path)})
         if multiproc_dir is not None:
             env["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)
+        env.update(env_extra or {})
         process = ServiceProcess(
             [os.path.join(os.path.dirname(sys.executable), "gunicorn"), app, "-c", "mediastore/gunicorn_conf.py",
              "--bind", f"127.0.0.1:{port}", "--workers", "2", "-k", worker_class, *options],
@@ -113,3 +115,35 @@ def test_without_a_configured_folder_a_private_one_is_used_and_removed_at_exit(g
     assert counted == 1
     assert len(folders) == 1
     assert not folders[0].exists()
+
+
+def _warmed_workers(process: ServiceProcess, count: int) -> list[str]:
+    def lines() -> list[str]:
+        return [line for line in process.log().splitlines() if "web worker warmed:" in line]
+
+    wait_until(lambda: len(lines()) >= count, timeout=60, interval=0.1, what=f"{count} warmed workers")
+    return lines()
+
+
+@pytest.mark.parametrize("kind", list(APPS))
+def test_every_worker_process_is_warm_before_it_serves(gunicorn: Start, kind: str):
+    process, port = gunicorn(kind, multiproc_dir=None)
+
+    warmed = _warmed_workers(process, 2)
+    _store_refused(port)
+
+    assert all("downloads.tasks" in line and "broker connected" in line for line in warmed), process.log()
+    assert " INFO mediastore.warmup " in warmed[0]
+    assert "Traceback" not in process.log()
+
+
+@pytest.mark.parametrize("kind", list(APPS))
+def test_a_broker_that_is_down_at_boot_only_costs_a_warning(gunicorn: Start, kind: str):
+    process, port = gunicorn(kind, multiproc_dir=None, env_extra={"CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"})
+
+    warmed = _warmed_workers(process, 2)
+    _store_refused(port)  # the web serves
+
+    assert all("broker unreachable" in line for line in warmed), process.log()
+    assert process.log().count("WARNING mediastore.warmup web worker warm-up: the broker did not answer") == 2
+    assert process.alive()

@@ -32,6 +32,11 @@ def test_unset_database_url_means_sqlite_in_data_dir(tmp_path: Path):
     assert not config.is_mongodb
 
 
+def test_sqlite_connections_are_not_kept_across_requests(tmp_path: Path):
+    # The web's uvicorn workers give each request a new thread: a persistent connection is never reused.
+    assert database_config(None, data_dir=tmp_path, database_name=None).default["CONN_MAX_AGE"] == 0
+
+
 def test_sqlite_url_names_the_file(tmp_path: Path):
     config = database_config(f"sqlite:///{tmp_path}/other.db", data_dir=tmp_path, database_name=None)
 
