@@ -22,7 +22,7 @@ from scenes.models import Scene
 from tests.harness import scene_states
 from tests.harness.faults import FaultProxy
 from tests.harness.media import MediaServer
-from tests.harness.processes import process_table, wait_until
+from tests.harness.processes import process_table, wait_until, ytdlp_jobs
 from tests.harness.services import r2_env
 from tests.harness.tokens import api_token
 
@@ -91,15 +91,16 @@ def test_a_queued_scene_is_cancelled_at_once_and_its_task_then_does_nothing(api,
     assert Scene.objects.get(pk=scene.pk).status == "cancelled"
 
 
+@pytest.mark.parametrize("helper", ["1", "0"], ids=["helper", "plain"])
 def test_a_downloading_scene_is_stopped_within_2_s_and_no_process_is_left(api, owner, start_worker,
-                                                                           media_server: MediaServer):
-    worker = start_worker(concurrency=2, env=LIMITS)
+                                                                           media_server: MediaServer, helper: str):
+    worker = start_worker(concurrency=2, env={**LIMITS, "MEDIA_YTDLP_HELPER": helper})
     scene = services.scene_create(owner=owner, source_url=media_server.url("throttled.mp4?rate=150000"))
     download_media_task.delay(scene.pk)
     wait_until(lambda: (Scene.objects.get(pk=scene.pk).progress or 0) > 0, timeout=60, interval=0.1,
                what="the download to make progress")
-    downloaders = {pid: cmd for pid, cmd in _children(worker.process.pid).items() if "ytdlp_guard" in cmd}
-    assert downloaders, f"no yt-dlp child of the worker: {_children(worker.process.pid)}"
+    downloaders = ytdlp_jobs(worker.process.pid)
+    assert downloaders, f"no yt-dlp job of the worker: {_children(worker.process.pid)}"
 
     answer, took = _cancel_and_time(api, scene.pk)
 

@@ -125,3 +125,12 @@ def process_table() -> list[ProcessInfo]:
         table.append(ProcessInfo(pid=int(entry.name), state=fields[0], ppid=int(fields[1]), pgrp=int(fields[2]),
                                  cmdline=cmdline))
     return table
+
+
+def ytdlp_jobs(worker_pid: int) -> dict[int, str]:
+    """The live yt-dlp job processes of a worker, pid → command line, on either path: its own subprocesses
+    (``ytdlp_guard`` in the command line) or the children its yt-dlp helper forked (which carry the helper's)."""
+    table = [p for p in process_table() if p.state != "Z"]
+    helpers = {p.pid for p in table if p.ppid == worker_pid and "ytdlp_forkserver" in p.cmdline}
+    return {p.pid: p.cmdline for p in table
+            if (p.ppid == worker_pid and "ytdlp_guard" in p.cmdline) or p.ppid in helpers}
