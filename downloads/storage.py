@@ -164,8 +164,9 @@ class S3Storage:
                                                                    ChecksumAlgorithm=algorithm)
                     return created["UploadId"], True
                 except ClientError as exc:
-                    # A store that refuses the header outright (R2 answered 501 NotImplemented to checksum
-                    # headers before it took them) still gets the media, the way it did before.
+                    # A store that refuses the header outright still gets the media, the way it did before
+                    # (R2 answered 501 NotImplemented to x-amz-checksum-* headers in January 2025, before it
+                    # took them: github.com/f2face/cloudflare-r2/issues/12).
                     if exc.response.get("Error", {}).get("Code") != "NotImplemented":
                         raise
                     logger.warning("storage: the store refused ChecksumAlgorithm=%s; uploading without it "
