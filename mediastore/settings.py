@@ -208,6 +208,13 @@ R2_PUBLIC_BASE_URL = env_url("R2_PUBLIC_BASE_URL", None, schemes=("http", "https
 # Where browsers reach the store, when that is not where the app does (compose: the app uses http://minio:9000,
 # a browser on the host http://localhost:9000). Presigned links are signed for this address.
 R2_PRESIGN_ENDPOINT_URL = env_url("R2_PRESIGN_ENDPOINT_URL", None, schemes=("http", "https"))
+# Declared when a multipart upload starts, so the store combines the parts' checksums instead of reading the
+# whole object again at completion. R2 takes CRC32 as a composite checksum; `off` is for a store that refuses it.
+R2_CHECKSUM_ALGORITHM = env_str("R2_CHECKSUM_ALGORITHM", "CRC32").upper()
+if R2_CHECKSUM_ALGORITHM in {"OFF", "NONE"}:
+    R2_CHECKSUM_ALGORITHM = ""
+if R2_CHECKSUM_ALGORITHM not in {"", "CRC32"}:
+    raise ImproperlyConfigured(f"R2_CHECKSUM_ALGORITHM: CRC32 or off, got {R2_CHECKSUM_ALGORITHM!r}")
 if (R2_ACCESS_KEY_ID is None) != (R2_SECRET_ACCESS_KEY is None):
     raise ImproperlyConfigured("R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY: set both or neither")
 if R2_BUCKET is None and any((R2_ENDPOINT_URL, R2_ACCESS_KEY_ID, R2_PUBLIC_BASE_URL)):

@@ -175,6 +175,81 @@ async def test_s3_upload_streams_parts_under_the_scene_key(tmp_path: Path):
     client.abort_multipart_upload.assert_not_awaited()
 
 
+def test_crc32_checksum_is_base64_of_the_big_endian_crc():
+    from botocore.httpchecksum import Crc32Checksum
+
+    reference = Crc32Checksum()
+    reference.update(b"a" * 1000)
+
+    assert storage.crc32_checksum(b"123456789") == "y/Q5Jg=="  # the CRC-32 check value, 0xCBF43926
+    assert storage.crc32_checksum(b"") == "AAAAAA=="
+    assert storage.crc32_checksum(b"a" * 1000) == reference.b64digest()  # what botocore would have sent
+
+
+async def test_s3_upload_declares_crc32_and_every_part_carries_its_own(tmp_path: Path, settings):
+    settings.R2_CHECKSUM_ALGORITHM = "CRC32"
+    path = tmp_path / "media.mp4"
+    path.write_bytes(b"a" * storage.PART_SIZE + b"b" * 10)
+    client = _s3_client()
+
+    with mock.patch("downloads.storage.s3_client", return_value=client):
+        await storage.S3Storage("bucket").upload(path, key="k", content_type="video/mp4")
+
+    assert client.create_multipart_upload.await_args.kwargs["ChecksumAlgorithm"] == "CRC32"
+    sent = {c.kwargs["PartNumber"]: c.kwargs for c in client.upload_part.await_args_list}
+    assert sent[1]["ChecksumCRC32"] == storage.crc32_checksum(b"a" * storage.PART_SIZE)
+    assert sent[2]["ChecksumCRC32"] == storage.crc32_checksum(b"b" * 10)
+    completed = client.complete_multipart_upload.await_args.kwargs["MultipartUpload"]["Parts"]
+    assert completed == [{"ETag": "etag-1", "PartNumber": 1, "ChecksumCRC32": sent[1]["ChecksumCRC32"]},
+                         {"ETag": "etag-2", "PartNumber": 2, "ChecksumCRC32": sent[2]["ChecksumCRC32"]}]
+
+
+async def test_s3_upload_without_an_algorithm_is_the_plain_multipart_upload(tmp_path: Path, settings):
+    settings.R2_CHECKSUM_ALGORITHM = ""
+    path = tmp_path / "media.mp4"
+    path.write_bytes(b"a" * 10)
+    client = _s3_client()
+
+    with mock.patch("downloads.storage.s3_client", return_value=client):
+        await storage.S3Storage("bucket").upload(path, key="k", content_type="video/mp4")
+
+    assert "ChecksumAlgorithm" not in client.create_multipart_upload.await_args.kwargs
+    assert "ChecksumCRC32" not in client.upload_part.await_args.kwargs
+    assert client.complete_multipart_upload.await_args.kwargs["MultipartUpload"] == {
+        "Parts": [{"ETag": "etag-1", "PartNumber": 1}]}
+
+
+async def test_s3_upload_falls_back_to_no_checksum_when_the_store_refuses_it(tmp_path: Path, settings):
+    settings.R2_CHECKSUM_ALGORITHM = "CRC32"
+    path = tmp_path / "media.mp4"
+    path.write_bytes(b"a" * 10)
+    client = _s3_client()
+    client.create_multipart_upload.side_effect = [_client_error(501, "NotImplemented"), {"UploadId": "up-2"}]
+
+    with mock.patch("downloads.storage.s3_client", return_value=client):
+        await storage.S3Storage("bucket").upload(path, key="k", content_type="video/mp4")
+
+    assert "ChecksumAlgorithm" not in client.create_multipart_upload.await_args_list[1].kwargs
+    assert "ChecksumCRC32" not in client.upload_part.await_args.kwargs
+    assert client.complete_multipart_upload.await_args.kwargs["UploadId"] == "up-2"
+
+
+async def test_s3_upload_refused_at_the_start_is_translated_and_not_tried_twice(tmp_path: Path, settings):
+    settings.R2_CHECKSUM_ALGORITHM = "CRC32"
+    path = tmp_path / "media.mp4"
+    path.write_bytes(b"a" * 10)
+    client = _s3_client()
+    client.create_multipart_upload.side_effect = _client_error(403, "AccessDenied")
+
+    with mock.patch("downloads.storage.s3_client", return_value=client), pytest.raises(StorageError) as error:
+        await storage.S3Storage("bucket").upload(path, key="k", content_type="video/mp4")
+
+    assert error.value.retryable is False
+    assert "AccessDenied" in error.value.detail
+    client.create_multipart_upload.assert_awaited_once()
+    client.upload_part.assert_not_awaited()
+
+
 @pytest.mark.parametrize(("status", "retryable"), [(403, False), (503, True)])
 async def test_s3_upload_failure_aborts_and_translates(tmp_path: Path, status: int, retryable: bool):
     path = tmp_path / "media.mp4"

@@ -107,6 +107,7 @@ def test_durations_accept_units(text: str, seconds: float):
         ({"R2_ENDPOINT_URL": "https://r2.example"}, "R2_BUCKET"),
         ({"R2_BUCKET": "b", "R2_ACCESS_KEY_ID": "id"}, "R2_SECRET_ACCESS_KEY"),
         ({"R2_BUCKET": "b", "R2_ENDPOINT_URL": "ftp://r2.example"}, "R2_ENDPOINT_URL"),
+        ({"R2_BUCKET": "b", "R2_CHECKSUM_ALGORITHM": "MD5"}, "R2_CHECKSUM_ALGORITHM"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"TMPDIR": "/nonexistent/mediastore-tmp"}, "TMPDIR"),
         ({"MEDIA_SWEEP_INTERVAL": "often"}, "MEDIA_SWEEP_INTERVAL"),
@@ -140,3 +141,12 @@ def test_configured_secret_key_wins(tmp_path: Path):
 
     assert started.stdout.strip() == "from-the-environment"
     assert not (tmp_path / "secret_key").exists()
+
+
+@pytest.mark.parametrize(("value", "algorithm"), [(None, "CRC32"), ("crc32", "CRC32"), ("off", ""), ("none", "")])
+def test_checksum_algorithm_is_crc32_unless_turned_off(tmp_path: Path, value: str | None, algorithm: str):
+    started = _start({} if value is None else {"R2_CHECKSUM_ALGORITHM": value}, tmp_path,
+                     "print(repr(settings.R2_CHECKSUM_ALGORITHM))")
+
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == repr(algorithm)
