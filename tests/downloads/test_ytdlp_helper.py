@@ -1,0 +1,124 @@
+"""The yt-dlp helper on a plain asyncio loop: each job a forked child of its own, the helper's death."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from downloads import egress, ytdlp
+from downloads.subprocesses import kill_group
+from downloads.ytdlp_helper import ForkedProcess, Helper
+from tests.harness.processes import process_table
+
+
+@pytest.fixture
+async def helper() -> AsyncIterator[Helper]:
+    async with Helper.running() as running:
+        yield running
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A loopback HTTP "server" that takes connections and never answers: a job fetching it waits."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/video.mp4"
+
+
+LOOPBACK = egress.Policy.build(networks=["127.0.0.1/32"], hosts=[])
+
+
+async def _spawn(helper: Helper, *args: str, policy: egress.Policy | None = None) -> ForkedProcess:
+    return await helper.spawn(list(args), env=ytdlp.guard_env(policy))
+
+
+async def _waiting(helper: Helper, url: str) -> ForkedProcess:
+    return await _spawn(helper, "--ignore-config", "--socket-timeout", "60", "--", url, policy=LOOPBACK)
+
+
+async def _finish(process: ForkedProcess) -> tuple[bytes, bytes, int]:
+    out, err = await asyncio.gather(process.stdout.read(), process.stderr.read())
+    return out, err, await process.wait()
+
+
+def _helper_pid() -> int:
+    ours = os.getpid()
+    return next(p.pid for p in process_table() if p.ppid == ours and "ytdlp_forkserver" in p.cmdline)
+
+
+async def test_a_job_runs_yt_dlp_and_reports_its_output_and_exit_code(helper: Helper):
+    out, err, code = await _finish(await _spawn(helper, "--version"))
+
+    assert (code, err) == (0, b"")
+    assert out.decode().strip()[:4].isdigit()  # yt-dlp's version, a date
+
+
+async def test_a_failing_job_gives_yt_dlp_s_exit_code_and_error(helper: Helper):
+    _, err, code = await _finish(await _spawn(helper, "--no-such-option"))
+
+    assert code == 2
+    assert b"no such option" in err
+
+
+async def test_each_job_is_a_child_of_the_helper_leading_its_own_process_group(helper: Helper, silent_url: str):
+    process = await _waiting(helper, silent_url)
+    for _ in range(100):  # the child starts its session first thing after the fork
+        info = next(p for p in process_table() if p.pid == process.pid)
+        if info.pgrp == process.pid:
+            break
+        await asyncio.sleep(0.05)
+    kill_group(process.pid)
+    await _finish(process)
+
+    assert info.ppid == _helper_pid()
+    assert info.pgrp == process.pid
+
+
+async def test_the_job_gets_the_guard_and_the_policy_it_was_given(helper: Helper):
+    process = await _spawn(helper, "--ignore-config", "--", "http://10.0.0.1/video.mp4")
+
+    _, err, code = await _finish(process)
+
+    assert code != 0
+    assert b"[mediastore-refused]" in err  # the settings' policy refuses a private address
+
+
+async def test_a_killed_job_reports_the_signal(helper: Helper, silent_url: str):
+    process = await _waiting(helper, silent_url)
+    kill_group(process.pid)  # as the worker kills: the group once the child leads one, the child before
+
+    *_, code = await _finish(process)
+
+    assert code == -signal.SIGKILL
+
+
+async def test_a_dead_helper_kills_its_running_jobs_and_the_next_job_starts_a_new_one(helper: Helper,
+                                                                                       silent_url: str):
+    waiting = await _waiting(helper, silent_url)
+    first = _helper_pid()
+    os.kill(first, signal.SIGKILL)
+
+    *_, code = await _finish(waiting)
+    out, _, again = await _finish(await _spawn(helper, "--version"))
+
+    assert code == -signal.SIGKILL
+    assert not any(p.pid == waiting.pid and p.state != "Z" for p in process_table())
+    assert (again, helper.starts) == (0, 2)
+    assert out.strip()
+    assert _helper_pid() != first
+
+
+async def test_closing_the_helper_ends_it_and_its_jobs(silent_url: str):
+    async with Helper.running() as helper:
+        waiting = await _waiting(helper, silent_url)
+        pid = _helper_pid()
+
+    alive = {p.pid for p in process_table() if p.state != "Z"}
+    assert pid not in alive
+    assert waiting.pid not in alive
