@@ -49,6 +49,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import types
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -222,6 +223,11 @@ class _NativeThreadPool(concurrent.futures.Executor):
         if self._shutdown:
             raise RuntimeError("the native thread pool is shut down")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        # A Future's condition is threading's, so gevent's after the monkey-patching, and two native threads
+        # meet on it here (this pool's, setting the result, and the loop's, adding asyncio's callback). A
+        # wake-up lost on it (see native_logging_locks) left a to_thread() pending for good, its thread idle:
+        # 1 job of 400 hung after its upload. A native lock, held for a callback list, never across a switch.
+        future._condition = threading.Condition(_original("_thread", "RLock")())
         self._queue.put((future, fn, args, kwargs))
         if self._started < self._size:
             self._started += 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from downloads import egress, ytdlp
 from downloads.subprocesses import kill_group
 from downloads.ytdlp_helper import ForkedProcess, Helper
-from tests.harness.processes import process_table
+from tests.harness.processes import process_table, silent_port
 
 
 @pytest.fixture
@@ -24,11 +23,9 @@ async def helper() -> AsyncIterator[Helper]:
 
 @pytest.fixture
 def silent_url() -> Iterator[str]:
-    """A loopback HTTP "server" that takes connections and never answers: a job fetching it waits."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/video.mp4"
+    """An HTTP server that never answers: a job fetching from it waits."""
+    with silent_port() as port:
+        yield f"http://127.0.0.1:{port}/video.mp4"
 
 
 LOOPBACK = egress.Policy.build(networks=["127.0.0.1/32"], hosts=[])

@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,3 +134,12 @@ def ytdlp_jobs(worker_pid: int) -> dict[int, str]:
     helpers = {p.pid for p in table if p.ppid == worker_pid and "ytdlp_forkserver" in p.cmdline}
     return {p.pid: p.cmdline for p in table
             if (p.ppid == worker_pid and "ytdlp_guard" in p.cmdline) or p.ppid in helpers}
+
+
+@contextlib.contextmanager
+def silent_port() -> Iterator[int]:
+    """A loopback port that takes connections and never answers (a server that hangs); closed after."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield listener.getsockname()[1]

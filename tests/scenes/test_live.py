@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -20,6 +19,7 @@ from scenes import lifecycle, live, live_hub, services
 from scenes.lifecycle import Announcement
 from scenes.models import Scene
 from tests.harness import scene_states
+from tests.harness.processes import silent_port
 from tests.scenes.conftest import PUBLIC_URL
 
 
@@ -65,11 +65,9 @@ def test_a_worker_progress_write_is_added_to_the_stream(owner, broker_url):
 
 @pytest.fixture
 def silent_redis() -> Iterator[str]:
-    """A loopback port that takes connections and never answers: a Redis that hangs."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(64)
-        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    """A Redis that hangs."""
+    with silent_port() as port:
+        yield f"redis://127.0.0.1:{port}/0"
 
 
 def test_a_hanging_redis_costs_one_short_timeout_and_then_nothing(owner, settings, silent_redis):
