@@ -17,12 +17,13 @@ RUN_DEPS := redis-server=redis-server ffmpeg=ffmpeg ffprobe=ffmpeg
 # The browser tests use Debian's chromium; CHROMIUM_PATH points them at another Chromium or Chrome instead.
 TEST_DEPS := $(RUN_DEPS) docker-compose=docker-compose $(if $(CHROMIUM_PATH),,chromium=chromium)
 
-.PHONY: help run test test-fast test-mongodb bench faults lint typecheck update-ytdlp system-deps-run system-deps-test
+.PHONY: help run test test-fast test-mongodb test-ytdlp-plain bench faults lint typecheck update-ytdlp system-deps-run system-deps-test
 
 help:
 	@echo "make run    set up and start redis, web (http://127.0.0.1:8000) and the gevent worker"
 	@echo "make test   set up and run lint, type checks and the whole test suite"
 	@echo "make test-fast  lint, type checks and the tests that start no worker, browser or server (under 2 min)"
+	@echo "make test-ytdlp-plain  the pipeline, security and lifecycle tests with yt-dlp as a plain subprocess"
 	@echo "make bench  run every benchmark in benchmarks/ and print one table"
 	@echo "make faults inject worker, broker, store and disk faults; count stuck, lost and leftover (about 10 min)"
 	@echo "make update-ytdlp  move yt-dlp (and yt-dlp-ejs) to the newest release if the pipeline tests pass"
@@ -49,6 +50,15 @@ MONGODB_TESTS := tests/mediastore/test_mongodb.py tests/scenes/test_lifecycle.py
 test-mongodb: system-deps-test $(VENV)/.installed-dev
 	@case "$${DATABASE_URL:-}" in mongodb://*|mongodb+srv://*) ;; *) echo "test-mongodb: set DATABASE_URL=mongodb://…"; exit 2;; esac
 	$(BIN)/python -m pytest $(MONGODB_TESTS) $(PYTEST_ARGS)
+
+# The pipeline, security and lifecycle suites with yt-dlp as a plain subprocess per job (MEDIA_YTDLP_HELPER=0),
+# the path a worker takes when the helper is off; `make test` runs them on the helper. CI runs both.
+YTDLP_PATH_TESTS := tests/downloads/test_pipeline_worker.py tests/downloads/test_egress_worker.py \
+	tests/downloads/test_limits_worker.py tests/downloads/test_cancel_worker.py tests/downloads/test_worker_recovery.py \
+	tests/scenes/test_api_worker.py tests/scenes/test_lifecycle.py
+
+test-ytdlp-plain: system-deps-test $(VENV)/.installed-dev
+	MEDIA_YTDLP_HELPER=0 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(YTDLP_PATH_TESTS) $(PYTEST_ARGS)
 
 bench: system-deps-test $(VENV)/.installed-dev
 	$(BIN)/python -m benchmarks
