@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -84,7 +85,13 @@ def _batch(*, helper: str, server: MediaServer, workdir: Path, database_url: str
         ingest_and_wait([url(-1), url(-2)], timeout=120)  # warm-up: imports, connections, the helper
         with _PeakMemory(worker.process.pid) as memory:
             started = time.perf_counter()
-            ingest_and_wait([url(i) for i in range(JOBS)], timeout=900)
+            try:
+                ingest_and_wait([url(i) for i in range(JOBS)], timeout=900)
+            except RuntimeError:
+                lines = worker.log().splitlines()
+                first = next((i for i, line in enumerate(lines) if "ERROR" in line), len(lines))
+                print("\n".join(lines[first:first + 60]), file=sys.stderr)  # the first error with its traceback
+                raise
             elapsed = time.perf_counter() - started
     return JOBS / elapsed * 60, memory.pss, memory.rss
 

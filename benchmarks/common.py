@@ -98,7 +98,9 @@ def ingest_and_wait(urls: list[str], *, timeout: float) -> list[object]:
     finished = list(Scene.objects.filter(pk__in=ids))
     failed = [s for s in finished if s.status != Scene.Status.COMPLETED]
     if failed:
-        raise RuntimeError(f"{len(failed)} scenes failed, e.g. {failed[0].error_code}: {failed[0].error_message} ({failed[0].error_detail})")
+        first = failed[0]
+        raise RuntimeError(f"{len(failed)} scenes failed, e.g. {first.error_code}: {first.error_message} "
+                           f"({first.error_detail})")
     return finished
 
 

@@ -66,7 +66,9 @@ class Helper:
         self._control: socket.socket | None = None
         self._reader: asyncio.Task[None] | None = None
         self._started: asyncio.Lock | None = None
-        self._forks: dict[int, asyncio.Future[int]] = {}  # job number -> the child's pid
+        # job number -> the child's pid and its exit code to come: together, as a child may have exited (and
+        # its exit been read) before the job that started it runs again
+        self._forks: dict[int, asyncio.Future[tuple[int, asyncio.Future[int]]]] = {}
         self._exits: dict[int, asyncio.Future[int]] = {}  # pid -> its exit code
         self._jobs = 0
         self._closing = False
@@ -87,7 +89,7 @@ class Helper:
         control = await self._ensure_started()
         self._jobs += 1
         job = self._jobs
-        forked: asyncio.Future[int] = loop.create_future()
+        forked: asyncio.Future[tuple[int, asyncio.Future[int]]] = loop.create_future()
         self._forks[job] = forked
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
@@ -104,12 +106,11 @@ class Helper:
             for fd in (stdin, out_write, err_write):
                 bridge.native_close(fd)
         try:
-            pid = await forked
+            pid, exited = await forked
         except BaseException:
             bridge.native_close(out_read)
             bridge.native_close(err_read)
             raise
-        exited = self._exits[pid]
         exited.add_done_callback(bridge.own_child(pid))
         from downloads.ytdlp import LINE_LIMIT
 
@@ -184,15 +185,15 @@ class Helper:
             forked = self._forks.pop(message["job"], None)
             if "pid" in message:
                 pid = int(message["pid"])
-                self._exits[pid] = asyncio.get_running_loop().create_future()
+                exited = self._exits[pid] = asyncio.get_running_loop().create_future()
                 if forked is not None and not forked.done():
-                    forked.set_result(pid)
+                    forked.set_result((pid, exited))
             elif forked is not None and not forked.done():
                 forked.set_exception(HelperUnavailable(f"the yt-dlp helper could not fork: {message.get('error')}"))
         elif "pid" in message:
-            exited = self._exits.pop(int(message["pid"]), None)
-            if exited is not None and not exited.done():
-                exited.set_result(int(message["code"]))
+            ended = self._exits.pop(int(message["pid"]), None)
+            if ended is not None and not ended.done():
+                ended.set_result(int(message["code"]))
 
     def _lost(self, control: socket.socket, process: asyncio.subprocess.Process) -> None:
         """The helper is gone (or being closed): its children are orphans nobody reports on; end them."""

@@ -119,3 +119,16 @@ async def test_closing_the_helper_ends_it_and_its_jobs(silent_url: str):
     alive = {p.pid for p in process_table() if p.state != "Z"}
     assert pid not in alive
     assert waiting.pid not in alive
+
+
+async def test_a_job_whose_exit_is_read_before_its_starter_runs_again_still_gets_its_exit_code():
+    # Under load the reader takes the "forked" and the "exited" answer in one turn, before spawn() resumes.
+    helper = Helper()
+    forked = asyncio.get_running_loop().create_future()
+    helper._forks[1] = forked
+
+    helper._dispatch({"job": 1, "pid": 4242})
+    helper._dispatch({"pid": 4242, "code": 3})
+
+    pid, exited = forked.result()
+    assert (pid, exited.result()) == (4242, 3)
