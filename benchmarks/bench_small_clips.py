@@ -1,6 +1,10 @@
 """100 small clips (about 2 MB each, as Reddit's are) on one worker ``-c 100``: jobs per minute and the peak
-memory of the worker's process tree, with yt-dlp forked from the helper vs a plain subprocess per job (the
-anchor: the path every job took before the helper), alternating batches in one run.
+memory of the worker's process tree, in alternating batches of one run:
+
+- ``helper``: this tree, yt-dlp forked from the helper (the default);
+- ``plain``: this tree with ``MEDIA_YTDLP_HELPER=0``, a plain subprocess per job;
+- ``main``: the worker of an earlier commit, ``BENCH_MAIN_REV`` (e.g. the main branch before this work), from
+  a temporary git worktree; the anchor. Without ``BENCH_MAIN_REV`` the anchor is ``plain``.
 
 Memory is the process tree's summed PSS (each shared page counted once, split between its sharers) and, for
 comparison with figures taken before, its summed RSS (shared pages counted in every process).
@@ -8,20 +12,38 @@ comparison with figures taken before, its summed RSS (shared pages counted in ev
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.common import Result, ingest_and_wait, looped_video, s3_stack, scratch_dir
 from tests.harness.media import MediaServer, generate_media
 from tests.harness.processes import process_table
+from tests.harness.services import REPO_ROOT
 
 JOBS = int(os.environ.get("BENCH_SMALL_CLIPS_JOBS", "100"))
 BATCHES = int(os.environ.get("BENCH_SMALL_CLIPS_BATCHES", "3"))
 CLIP = 2 * 1024 * 1024
+MAIN_REV = os.environ.get("BENCH_MAIN_REV", "")
+
+
+@contextlib.contextmanager
+def _worktree(rev: str) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="bench-main-") as folder:
+        tree = Path(folder) / "tree"
+        subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", "--quiet", str(tree), rev],
+                       check=True)
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(tree)], check=False)
 
 
 def _tree(root: int) -> list[int]:
@@ -75,10 +97,11 @@ class _PeakMemory:
             self.rss = max(self.rss, sum(r for _, r in sizes))
 
 
-def _batch(*, helper: str, server: MediaServer, workdir: Path, database_url: str, batch: int) -> tuple[float, int, int]:
+def _batch(*, mode: str, tree: Path, server: MediaServer, workdir: Path, database_url: str,
+           batch: int) -> tuple[float, int, int]:
     """One batch of JOBS clips on a fresh worker; (jobs per minute, peak PSS, peak RSS)."""
-    with s3_stack(concurrency=JOBS, workdir=workdir / f"{helper}-{batch}", database_url=database_url,
-                  env={"MEDIA_YTDLP_HELPER": helper}) as (_, _, worker):
+    with s3_stack(concurrency=JOBS, workdir=workdir / f"{mode}-{batch}", database_url=database_url, tree=tree,
+                  env={"MEDIA_YTDLP_HELPER": "0" if mode == "plain" else "1"}) as (_, _, worker):
         def url(i: int) -> str:
             return server.url(f"clip.mp4?batch={batch}&job={i}")
 
@@ -97,39 +120,39 @@ def _batch(*, helper: str, server: MediaServer, workdir: Path, database_url: str
 
 
 def run(*, database_url: str) -> list[Result]:
-    with scratch_dir("small-clips") as tmp:
+    with scratch_dir("small-clips") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
         files = generate_media(workdir / "media")
         looped_video(files.video, files.root / "clip.mp4", at_least=CLIP)
         size = (files.root / "clip.mp4").stat().st_size
-        figures: dict[str, list[tuple[float, int, int]]] = {"0": [], "1": []}
+        trees = {"helper": REPO_ROOT, "plain": REPO_ROOT}
+        if MAIN_REV:
+            trees["main"] = stack.enter_context(_worktree(MAIN_REV))
+        anchor = "main" if MAIN_REV else "plain"
+        figures: dict[str, list[tuple[float, int, int]]] = {mode: [] for mode in trees}
         with MediaServer(files) as server:
             for batch in range(BATCHES):
-                for helper in ("0", "1"):  # alternating, so both meet the same machine
-                    figures[helper].append(_batch(helper=helper, server=server, workdir=workdir,
-                                                  database_url=database_url, batch=batch))
-    rates = {h: [rate for rate, _, _ in runs] for h, runs in figures.items()}
-    raw = {h: ", ".join(f"{rate:.1f}/min PSS {pss / 1e6:.0f} MB RSS {rss / 1e6:.0f} MB" for rate, pss, rss in runs)
-           for h, runs in figures.items()}
-    peak = {h: (max(pss for _, pss, _ in runs), max(rss for _, _, rss in runs)) for h, runs in figures.items()}
-    return [
-        Result(
-            benchmark="small_clips",
-            figure=f"{JOBS} clips of {size / 1e6:.1f} MB on -c {JOBS}, yt-dlp helper, median jobs/min",
-            value=statistics.median(rates["1"]),
-            anchor="plain yt-dlp subprocess per job, median jobs/min",
-            anchor_value=statistics.median(rates["0"]),
-            unit="jobs/min",
-            note=f"higher is better; helper: {raw['1']}; plain: {raw['0']}",
-        ),
-        Result(
-            benchmark="small_clips",
-            figure="peak PSS of the worker's process tree, helper, MB",
-            value=peak["1"][0] / 1e6,
-            anchor="the same, plain subprocess, MB",
-            anchor_value=peak["0"][0] / 1e6,
-            unit="MB",
-            note=f"lower is better; peak RSS summed: helper {peak['1'][1] / 1e6:.0f} MB, "
-                 f"plain {peak['0'][1] / 1e6:.0f} MB",
-        ),
+                for mode, tree in trees.items():  # alternating, so every mode meets the same machine
+                    figures[mode].append(_batch(mode=mode, tree=tree, server=server, workdir=workdir,
+                                                database_url=database_url, batch=batch))
+    raw = {mode: ", ".join(f"{rate:.1f}/min PSS {pss / 1e6:.0f} MB RSS {rss / 1e6:.0f} MB"
+                           for rate, pss, rss in runs) for mode, runs in figures.items()}
+    rate = {mode: statistics.median(r for r, _, _ in runs) for mode, runs in figures.items()}
+    peak = {mode: (max(p for _, p, _ in runs), max(r for _, _, r in runs)) for mode, runs in figures.items()}
+    named = f"main ({MAIN_REV})" if MAIN_REV else "plain subprocess per job"
+    every = "; ".join(f"{mode}: {raw[mode]}" for mode in figures)
+    results = [
+        Result(benchmark="small_clips",
+               figure=f"{JOBS} clips of {size / 1e6:.1f} MB on -c {JOBS}, yt-dlp helper, median jobs/min",
+               value=rate["helper"], anchor=f"{named}, median jobs/min", anchor_value=rate[anchor],
+               unit="jobs/min", note=f"higher is better; {every}"),
+        Result(benchmark="small_clips", figure="peak PSS of the worker's process tree, helper, MB",
+               value=peak["helper"][0] / 1e6, anchor=f"the same, {named}, MB", anchor_value=peak[anchor][0] / 1e6,
+               unit="MB", note="lower is better; peak summed RSS: "
+                               + ", ".join(f"{mode} {peak[mode][1] / 1e6:.0f} MB" for mode in figures)),
     ]
+    if MAIN_REV:
+        results.append(Result(benchmark="small_clips", figure="plain subprocess per job (this tree), jobs/min",
+                              value=rate["plain"], anchor=f"{named}, median jobs/min", anchor_value=rate[anchor],
+                              unit="jobs/min", note="what the rest of this tree's changes give without the helper"))
+    return results

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.harness.services import (
+    REPO_ROOT,
     CeleryWorker,
     celery_broker,
     r2_env,
@@ -40,15 +41,17 @@ class Result:
 
 
 @contextmanager
-def broker_and_worker(*, concurrency: int, workdir: Path, database_url: str,
-                      env: dict[str, str] | None = None) -> Iterator[tuple[str, CeleryWorker]]:
-    """A throwaway redis-server and one ``-P gevent`` worker on it; both stopped afterwards."""
+def broker_and_worker(*, concurrency: int, workdir: Path, database_url: str, env: dict[str, str] | None = None,
+                      tree: Path = REPO_ROOT) -> Iterator[tuple[str, CeleryWorker]]:
+    """A throwaway redis-server and one ``-P gevent`` worker on it (running the code in ``tree``); both stopped
+    afterwards."""
     with redis_server(workdir / "redis") as broker_url, celery_broker(broker_url):
         worker = CeleryWorker(
             env=worker_environment(broker_url=broker_url, database_url=database_url, data_dir=workdir / "data",
                                    extra=env),
             log_path=workdir / "worker.log",
             concurrency=concurrency,
+            tree=tree,
         )
         try:
             worker.wait_ready()
@@ -62,8 +65,8 @@ def scratch_dir(name: str) -> tempfile.TemporaryDirectory[str]:
 
 
 @contextmanager
-def s3_stack(*, concurrency: int, workdir: Path, database_url: str,
-             env: dict[str, str] | None = None) -> Iterator[tuple[str, str, CeleryWorker]]:
+def s3_stack(*, concurrency: int, workdir: Path, database_url: str, env: dict[str, str] | None = None,
+             tree: Path = REPO_ROOT) -> Iterator[tuple[str, str, CeleryWorker]]:
     """moto's S3 server with a bucket, redis and a worker storing there; yields (endpoint, bucket, worker)."""
     with s3_server(workdir) as endpoint:
         client = s3_test_client(endpoint)
@@ -71,7 +74,7 @@ def s3_stack(*, concurrency: int, workdir: Path, database_url: str,
         client.close()
         s3_env = {**r2_env(endpoint=endpoint, bucket="bench"), **(env or {})}
         with broker_and_worker(concurrency=concurrency, workdir=workdir, database_url=database_url,
-                               env=s3_env) as (_, worker):
+                               env=s3_env, tree=tree) as (_, worker):
             yield endpoint, "bench", worker
 
 

@@ -108,7 +108,7 @@ class CeleryWorker:
     """``celery worker -P gevent`` in its own process group, logging to a file."""
 
     def __init__(self, *, env: Mapping[str, str], log_path: Path, concurrency: int,
-                 includes: tuple[str, ...] = ("tests.harness.tasks",)) -> None:
+                 includes: tuple[str, ...] = ("tests.harness.tasks",), tree: Path = REPO_ROOT) -> None:
         self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
         argv = [
             sys.executable, "-m", "celery", "-A", "mediastore", "worker",
@@ -119,7 +119,8 @@ class CeleryWorker:
         ]
         if includes:
             argv += ["-I", ",".join(includes)]  # one comma list: of several -I options only the last counts
-        self.process = ServiceProcess(argv, log_path=log_path, env=dict(env), cwd=REPO_ROOT)
+        # ``tree``: another checkout of the code (a benchmark's anchor runs an earlier commit's worker).
+        self.process = ServiceProcess(argv, log_path=log_path, env=dict(env), cwd=tree)
 
     def wait_ready(self, timeout: float = 60) -> None:
         def ready() -> bool:
