@@ -59,6 +59,7 @@ def _child(argv: list[str], env: dict[str, str], fds: list[int]) -> None:
         os.setsid()
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # as a plain subprocess of the worker has it
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the control socket and wake-up pipe are not the job's
@@ -95,6 +96,7 @@ def serve(control_fd: int) -> int:
     os.set_blocking(wake_read, False)
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so SIGCHLD is delivered and wakes the loop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when this ends (the socket closing)
     children: set[int] = set()
     selector = selectors.DefaultSelector()
     selector.register(control, selectors.EVENT_READ)

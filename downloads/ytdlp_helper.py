@@ -158,6 +158,10 @@ class Helper:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-s", "-c", ytdlp_forkserver.bootstrap(_REPO_ROOT, theirs.fileno()),
                 pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                # Outside the worker's process group: a Ctrl-C to the group is the worker's to handle (it hands
+                # running jobs back on a warm shutdown), and would otherwise kill the helper and its jobs under
+                # it. The helper ends when the worker's end of the socket closes, however the worker ends.
+                start_new_session=True,
             )
         except OSError as exc:
             ours.close()
