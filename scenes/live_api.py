@@ -24,6 +24,7 @@ from django.contrib.auth.models import User
 from django.core.handlers.asgi import ASGIRequest
 from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.request import Request
@@ -78,6 +79,9 @@ def _resume_from(request: HttpRequest) -> str | None:
     return value
 
 
+# The stream is read-only and takes GET alone; any other method gets the API's 405 below, not Django's CSRF
+# page (CSRF protects state-changing requests, of which this view has none).
+@csrf_exempt
 async def scene_events(request: HttpRequest) -> HttpResponseBase:
     try:
         if request.method != "GET":

@@ -174,3 +174,15 @@ def test_a_stopping_server_ends_its_streams_so_clients_reconnect(web, alice):
 
     assert ending.json["resume"] is True
     assert after is None  # the server closed the stream
+
+
+@pytest.mark.parametrize("path", ["/api/v1/scenes/events", "/api/v1/scenes/events/"])
+def test_another_method_than_get_is_405_in_the_api_envelope_not_a_csrf_page(db, path):
+    # Found by the schema fuzzer: DELETE /api/v1/scenes/events/ met Django's CSRF check first (403, HTML).
+    from django.test import Client
+
+    owner = get_user_model().objects.create_user("deleter")
+    response = Client(enforce_csrf_checks=True).delete(path, HTTP_AUTHORIZATION=f"Bearer {api_token(owner)}")
+
+    assert response.status_code == 405
+    assert response["Content-Type"].startswith("application/json")
