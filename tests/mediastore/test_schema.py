@@ -47,3 +47,11 @@ def test_store_documents_location_retry_after_and_idempotency_key(document):
     assert "Retry-After" in store["responses"]["429"]["headers"]
     assert any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in store["parameters"])
     assert all(response.get("description") for response in store["responses"].values())
+
+
+def test_every_operation_that_reads_a_body_documents_415(document):
+    with_body = [(path, method, operation) for path, method, operation in _operations(document)
+                 if "requestBody" in operation]
+
+    assert with_body
+    assert [(path, method) for path, method, operation in with_body if "415" not in operation["responses"]] == []
