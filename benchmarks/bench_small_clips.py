@@ -25,7 +25,7 @@ from pathlib import Path
 
 from benchmarks.common import Result, ingest_and_wait, looped_video, s3_stack, scratch_dir
 from tests.harness.media import MediaServer, generate_media
-from tests.harness.processes import process_table
+from tests.harness.processes import descendants_of
 from tests.harness.services import REPO_ROOT
 
 JOBS = int(os.environ.get("BENCH_SMALL_CLIPS_JOBS", "100"))
@@ -44,19 +44,6 @@ def _worktree(rev: str) -> Iterator[Path]:
             yield tree
         finally:
             subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(tree)], check=False)
-
-
-def _tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for info in process_table():
-        if info.state != "Z":
-            children.setdefault(info.ppid, []).append(info.pid)
-    found, queue = [root], [root]
-    while queue:
-        for child in children.get(queue.pop(), ()):
-            found.append(child)
-            queue.append(child)
-    return found
 
 
 def _memory(pid: int) -> tuple[int, int]:
@@ -92,7 +79,7 @@ class _PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.5):
-            sizes = [_memory(pid) for pid in _tree(self.root)]
+            sizes = [_memory(pid) for pid in [self.root, *descendants_of(self.root)]]
             self.pss = max(self.pss, sum(p for p, _ in sizes))
             self.rss = max(self.rss, sum(r for _, r in sizes))
 

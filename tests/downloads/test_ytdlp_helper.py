@@ -12,7 +12,7 @@ import pytest
 from downloads import egress, ytdlp
 from downloads.subprocesses import kill_group
 from downloads.ytdlp_helper import ForkedProcess, Helper
-from tests.harness.processes import process_table, silent_port
+from tests.harness.processes import process_table, silent_port, ytdlp_helpers
 
 
 @pytest.fixture
@@ -45,8 +45,8 @@ async def _finish(process: ForkedProcess) -> tuple[bytes, bytes, int]:
 
 
 def _helper_pid() -> int:
-    ours = os.getpid()
-    return next(p.pid for p in process_table() if p.ppid == ours and "ytdlp_forkserver" in p.cmdline)
+    (pid,) = ytdlp_helpers(os.getpid())
+    return pid
 
 
 async def test_a_job_runs_yt_dlp_and_reports_its_output_and_exit_code(helper: Helper):

@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 
 from tests.harness import scene_states
 from tests.harness.media import MediaServer
-from tests.harness.processes import process_table
+from tests.harness.processes import ytdlp_helpers
 
 LIMITS = {"MEDIA_MAX_FILESIZE": "10M", "MEDIA_SOCKET_TIMEOUT": "5", "MEDIA_DOWNLOAD_TIMEOUT": "120"}
 
@@ -20,16 +20,11 @@ def owner(transactional_db):
     return get_user_model().objects.create_user("helper-owner")
 
 
-def _helpers(worker_pid: int) -> list[int]:
-    return [p.pid for p in process_table()
-            if p.ppid == worker_pid and p.state != "Z" and "ytdlp_forkserver" in p.cmdline]
-
-
 def test_every_job_forks_from_one_helper_which_is_started_again_after_it_died(owner, start_worker,
                                                                                media_server: MediaServer):
     worker = start_worker(concurrency=4, env=LIMITS)
     first = [scene_states.ingest(owner, media_server.url(f"video.mp4?n={n}")) for n in range(2)]
-    (helper,) = _helpers(worker.process.pid)
+    (helper,) = ytdlp_helpers(worker.process.pid)
     os.kill(helper, signal.SIGKILL)
 
     after = scene_states.ingest(owner, media_server.url("video.mp4?n=after"))
@@ -38,7 +33,7 @@ def test_every_job_forks_from_one_helper_which_is_started_again_after_it_died(ow
     assert worker.log().count("started (start 1)") == 1
     assert "stopped; 0 running jobs are killed" in worker.log()
     assert "started (start 2)" in worker.log()
-    assert _helpers(worker.process.pid) not in ([], [helper])
+    assert ytdlp_helpers(worker.process.pid) not in ([], [helper])
 
 
 def test_with_the_helper_off_jobs_run_as_plain_subprocesses(owner, start_worker, media_server: MediaServer):
@@ -47,5 +42,5 @@ def test_with_the_helper_off_jobs_run_as_plain_subprocesses(owner, start_worker,
     scene = scene_states.ingest(owner, media_server.url("video.mp4"))
 
     assert scene.status == "completed"
-    assert _helpers(worker.process.pid) == []
+    assert ytdlp_helpers(worker.process.pid) == []
     assert "yt-dlp helper" not in worker.log()

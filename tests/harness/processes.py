@@ -67,7 +67,7 @@ class ServiceProcess:
     def kill(self) -> None:
         """SIGKILL the whole group at once: a crash, not a shutdown. Descendants that lead sessions of their own
         (the worker's yt-dlp and ffmpeg) are outside the group and go by name."""
-        descendants = self._descendants()
+        descendants = descendants_of(self.process.pid)
         self._signal_group(signal.SIGKILL)
         for pid in descendants:
             with contextlib.suppress(ProcessLookupError):
@@ -85,17 +85,6 @@ class ServiceProcess:
         if self.alive():
             self.process.wait(timeout=10)
         self._log.close()
-
-    def _descendants(self) -> list[int]:
-        children: dict[int, list[int]] = {}
-        for info in process_table():
-            children.setdefault(info.ppid, []).append(info.pid)
-        found, queue = [], [self.process.pid]
-        while queue:
-            for child in children.get(queue.pop(), ()):
-                found.append(child)
-                queue.append(child)
-        return found
 
     def _signal_group(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -127,11 +116,33 @@ def process_table() -> list[ProcessInfo]:
     return table
 
 
+def descendants_of(pid: int) -> list[int]:
+    """The pids of every process below ``pid`` (children, theirs, …), whatever session or group they are in."""
+    children: dict[int, list[int]] = {}
+    for info in process_table():
+        children.setdefault(info.ppid, []).append(info.pid)
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), ()):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def _live_helpers(table: list[ProcessInfo], parent: int) -> list[int]:
+    return [p.pid for p in table if p.ppid == parent and p.state != "Z" and "ytdlp_forkserver" in p.cmdline]
+
+
+def ytdlp_helpers(parent: int) -> list[int]:
+    """The live yt-dlp helper processes that ``parent`` (a worker, or a test's own process) started."""
+    return _live_helpers(process_table(), parent)
+
+
 def ytdlp_jobs(worker_pid: int) -> dict[int, str]:
     """The live yt-dlp job processes of a worker, pid → command line, on either path: its own subprocesses
     (``ytdlp_guard`` in the command line) or the children its yt-dlp helper forked (which carry the helper's)."""
     table = [p for p in process_table() if p.state != "Z"]
-    helpers = {p.pid for p in table if p.ppid == worker_pid and "ytdlp_forkserver" in p.cmdline}
+    helpers = set(_live_helpers(table, worker_pid))
     return {p.pid: p.cmdline for p in table
             if (p.ppid == worker_pid and "ytdlp_guard" in p.cmdline) or p.ppid in helpers}
 
