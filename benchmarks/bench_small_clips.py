@@ -25,7 +25,7 @@ from pathlib import Path
 
 from benchmarks.common import Result, ingest_and_wait, looped_video, s3_stack, scratch_dir
 from tests.harness.media import MediaServer, generate_media
-from tests.harness.processes import descendants_of
+from tests.harness.processes import descendants_of, ytdlp_helpers
 from tests.harness.services import REPO_ROOT
 
 JOBS = int(os.environ.get("BENCH_SMALL_CLIPS_JOBS", "100"))
@@ -61,6 +61,37 @@ def _memory(pid: int) -> tuple[int, int]:
     return pss, rss
 
 
+def _cpu_of(pid: int) -> tuple[float, float]:
+    """(own, reaped children's) CPU seconds of ``pid``; (0, 0) once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    utime, stime, cutime, cstime = (int(f) / tick for f in fields[11:15])
+    return utime + stime, cutime + cstime
+
+
+def _cpu_split(worker: int) -> dict[str, float]:
+    """CPU seconds so far, by who spent them: the worker itself, the media tools it ran and reaped (ffprobe,
+    ffmpeg, prlimit; on the plain path yt-dlp too), the yt-dlp helper and the job children it reaped, and the
+    rest of the benchmark's own tree (moto's S3 server, redis, this process with its media server)."""
+    helpers = set(ytdlp_helpers(worker))
+    split = dict.fromkeys(("worker", "worker's children", "helper", "helper's children", "others"), 0.0)
+    own, reaped = _cpu_of(worker)
+    split["worker"], split["worker's children"] = own, reaped
+    for pid in helpers:
+        own, reaped = _cpu_of(pid)
+        split["helper"] += own
+        split["helper's children"] += reaped
+    for pid in descendants_of(os.getpid()):
+        if pid != worker and pid not in helpers and pid not in descendants_of(worker):
+            split["others"] += sum(_cpu_of(pid))
+    times = os.times()
+    split["others"] += times.user + times.system
+    return split
+
+
 class _PeakMemory:
     """Samples the tree's summed PSS and RSS twice a second in a thread; keeps the peaks."""
 
@@ -94,6 +125,7 @@ def _batch(*, mode: str, tree: Path, server: MediaServer, workdir: Path, databas
 
         ingest_and_wait([url(-1), url(-2)], timeout=120)  # warm-up: imports, connections, the helper
         with _PeakMemory(worker.process.pid) as memory:
+            cpu_before = _cpu_split(worker.process.pid)
             started = time.perf_counter()
             try:
                 ingest_and_wait([url(i) for i in range(JOBS)], timeout=900)
@@ -103,6 +135,11 @@ def _batch(*, mode: str, tree: Path, server: MediaServer, workdir: Path, databas
                 print("\n".join(lines[first:first + 60]), file=sys.stderr)  # the first error with its traceback
                 raise
             elapsed = time.perf_counter() - started
+            cpu_after = _cpu_split(worker.process.pid)
+    per_job = {who: (cpu_after[who] - cpu_before[who]) / JOBS * 1000 for who in cpu_before}
+    print(f"bench_small_clips {mode} batch {batch}: {JOBS / elapsed * 60:.1f} jobs/min; CPU ms per job: "
+          + ", ".join(f"{who} {ms:.0f}" for who, ms in per_job.items())
+          + f"; total {sum(per_job.values()):.0f}", file=sys.stderr)
     return JOBS / elapsed * 60, memory.pss, memory.rss
 
 

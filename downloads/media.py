@@ -1,4 +1,5 @@
-"""What a downloaded file is (ffprobe) and a picture of it (ffmpeg), both as async subprocesses."""
+"""What a downloaded file is (ffprobe) and a picture of it (ffmpeg): two async subprocesses, or one child of
+the worker's yt-dlp helper that does both with FFmpeg's libraries (``downloads.media_child``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from typing import Any
 
 from django.conf import settings
 
-from downloads.egress import FFMPEG_INPUT_OPTIONS
+from downloads import ytdlp_helper
+from downloads.egress import FFMPEG_INPUT_OPTIONS, MEDIA_DEMUXERS
 from downloads.exceptions import InternalError, InvalidMediaError, TooManyPixelsError
-from downloads.subprocesses import memory_limited, run_captured
+from downloads.subprocesses import kill_group, memory_limited, run_captured
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +92,10 @@ async def probe(path: Path) -> MediaInfo:
         data = json.loads(stdout)
     except ValueError as exc:
         raise InternalError("ffprobe answered something that is not JSON") from exc
-    info = _parse_probe(data, path, int((data.get("format") or {}).get("size") or 0))
+    return _within_limits(_parse_probe(data, path, int((data.get("format") or {}).get("size") or 0)))
+
+
+def _within_limits(info: MediaInfo) -> MediaInfo:
     # Before any frame is decoded: an 8192x8192 picture made the thumbnail's ffmpeg take 734 MB.
     pixels = (info.width or 0) * (info.height or 0)
     if pixels > settings.MEDIA_MAX_PIXELS:
@@ -99,15 +104,69 @@ async def probe(path: Path) -> MediaInfo:
     return info
 
 
+async def examine(path: Path, *, into: Path) -> tuple[MediaInfo, Path | None]:
+    """What ``path`` is and a thumbnail of it (or None): in one child of the yt-dlp helper where the worker
+    has one (``downloads.media_child``), else ffprobe then ffmpeg. The same rules and answers either way."""
+    if ytdlp_helper.in_use():
+        try:
+            return await _examine_forked(path, into=into)
+        except ytdlp_helper.HelperUnavailable as exc:
+            logger.warning("%s; this job runs ffprobe and ffmpeg", exc)
+    info = await probe(path)
+    return info, await thumbnail(path, info, into=into)
+
+
+async def _examine_forked(path: Path, *, into: Path) -> tuple[MediaInfo, Path | None]:
+    if not path.is_absolute():
+        raise InternalError(f"refusing to probe a relative path: {path}")
+    target = into / "thumb.jpg"
+    spec = {"path": str(path), "thumbnail": str(target), "max_pixels": settings.MEDIA_MAX_PIXELS,
+            "width": THUMBNAIL_WIDTH, "memory": settings.MEDIA_CHILD_MEMORY or 0, "demuxers": list(MEDIA_DEMUXERS)}
+    helper = await ytdlp_helper.helper()
+    process = await helper.spawn([json.dumps(spec)], env={}, program="media")
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT + THUMBNAIL_TIMEOUT):
+            stdout, stderr = await asyncio.gather(process.stdout.read(), process.stderr.read())
+            code = await process.wait()
+    finally:
+        if process.returncode is None:
+            kill_group(process.pid)
+            await asyncio.shield(process.wait())
+        process.close()
+    said = stderr.decode("utf-8", "replace").strip().splitlines()
+    lines = stdout.splitlines()
+    if not lines:  # no probe: not media (or the child died reading it, as ffprobe would have)
+        reason = (said[-1:] or [f"exit {code}"])[0][:300]
+        logger.warning("probe could not read %s: %s", path.name, reason)
+        raise InvalidMediaError(detail=f"ffprobe: {reason}")
+    try:
+        data = json.loads(lines[0])
+        made = len(lines) > 1 and json.loads(lines[1]) == {"thumbnail": True}
+    except ValueError as exc:
+        raise InternalError("the media child answered something that is not JSON") from exc
+    info = _within_limits(_parse_probe(data, path, int((data.get("format") or {}).get("size") or 0)))
+    if not info.has_video:
+        return info, None
+    if not made or not await asyncio.to_thread(_nonempty_file, target):
+        logger.warning("thumbnail: none for %s (exit %s): %s", path.name, code, " / ".join(said)[-300:])
+        return info, None
+    return info, target
+
+
 async def thumbnail(path: Path, info: MediaInfo, *, into: Path) -> Path | None:
     """A JPEG from inside the video, or None: never fails the scene (audio only, odd streams, ffmpeg errors)."""
     if not info.has_video:
         return None
-    # A frame a tenth of the way in, but always inside the media (short clips, unknown durations).
+    # The keyframe at or before a tenth of the way in, always inside the media (short clips, unknown
+    # durations). Keyframes only, and no decoding up to the exact time: a small clip's thumbnail then costs
+    # ffmpeg's start and one frame (about 40 ms less CPU a job), and a keyframe at or before the time always
+    # exists, where one after it may not (a clip with a single keyframe). -copyts: with timestamps shifted by
+    # the seek, that keyframe would fall before zero and be dropped.
     at = min(info.duration * 0.1, max(info.duration - 0.1, 0)) if info.duration else 0
     target = into / "thumb.jpg"
     argv = [settings.FFMPEG_PATH, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-            "-threads", "1", "-ss", f"{at:.3f}", *FFMPEG_INPUT_OPTIONS, "-i", f"file:{path}", "-frames:v", "1",
+            "-threads", "1", "-skip_frame", "nokey", "-noaccurate_seek", "-ss", f"{at:.3f}", "-copyts",
+            *FFMPEG_INPUT_OPTIONS, "-i", f"file:{path}", "-frames:v", "1",
             "-vf", f"scale='min({THUMBNAIL_WIDTH},iw)':-2", "-q:v", "4", str(target)]
     try:
         code, _, stderr = await run_captured(memory_limited(argv), limit=THUMBNAIL_TIMEOUT)

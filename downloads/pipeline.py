@@ -267,10 +267,8 @@ async def _run(scene_id: str, claim: lifecycle.Claim, job_dir: Path, policy: egr
     result = await ytdlp.download(claim.source_url, job_dir=job_dir, on_progress=reporter, policy=policy)
     step("download")
     await reporter.stage(Stage.POSTPROCESSING)
-    info = await media.probe(result.path)
-    step("probe")
-    thumb = await media.thumbnail(result.path, info, into=job_dir)
-    step("thumbnail")
+    info, thumb = await media.examine(result.path, into=job_dir)
+    step("probe")  # and the thumbnail: one child does both where the worker has a yt-dlp helper
     await reporter.stage(Stage.UPLOADING)
     store = storage.get_storage()
     key = storage.media_key(scene_id, result.path.suffix)

@@ -31,7 +31,7 @@ from typing import Any
 
 from django.conf import settings
 
-from downloads import bridge, egress, ytdlp_guard, ytdlp_helper
+from downloads import egress, ytdlp_guard, ytdlp_helper
 from downloads.exceptions import (
     DiskFullError,
     DownloadTimeoutError,
@@ -403,7 +403,7 @@ async def download(url: str, *, job_dir: Path, on_progress: ProgressCallback | N
 async def _start(argv: list[str], *, env: dict[str, str]) -> asyncio.subprocess.Process | ytdlp_helper.ForkedProcess:
     """yt-dlp as a child of the worker's helper, which has imported it already (MEDIA_YTDLP_HELPER, in the
     worker), or as a plain subprocess; the same program and arguments either way."""
-    if settings.MEDIA_YTDLP_HELPER and bridge.on_worker_loop():
+    if ytdlp_helper.in_use():
         try:
             helper = await ytdlp_helper.helper()
             return await helper.spawn(argv[len(_INTERPRETER) + 1:], env=env)

@@ -1,4 +1,4 @@
-"""The yt-dlp helper process: yt-dlp imported once, one forked child per job.
+"""The yt-dlp helper process: yt-dlp (and FFmpeg's libraries) imported once, one forked child per job.
 
 Importing yt-dlp and its extractors is most of a small job's CPU (``yt-dlp --version`` alone costs 0.47 s).
 The worker cannot fork itself safely (gevent, threads), so it starts this single-threaded process once
@@ -12,18 +12,23 @@ subprocess would (``ytdlp_guard.main`` with today's argument list), so every job
 - the guard (address policy, process and manifest limits, memory limit) is installed in the child, per job,
   with the job's own policy; nothing of it is installed here, so no job's policy leaks into another's.
 
-Protocol, one JSON object per ``SOCK_SEQPACKET`` message on the control socket: the worker sends
-``{"job": n, "argv": [...], "env": {...}}`` with three file descriptors (stdin, stdout, stderr); this process
-answers ``{"job": n, "pid": p}`` once forked (or ``{"job": n, "error": "..."}``), and ``{"pid": p, "code": c}``
-when the child has exited (``c`` as ``Popen.returncode``: negative for a signal). When the worker goes away
-(the socket closes), every child still running is killed with its group: nobody would read it any more.
+It also forks the job's media child (``downloads.media_child``: the probe and the thumbnail with PyAV),
+which would otherwise be two ffmpeg processes that each spend most of their CPU linking FFmpeg's libraries.
 
-Standard library and yt-dlp only, like the guard: this runs without Django.
+Protocol, one JSON object per ``SOCK_SEQPACKET`` message on the control socket: the worker sends
+``{"job": n, "program": "ytdlp" or "media", "argv": [...], "env": {...}}`` with three file descriptors
+(stdin, stdout, stderr); this process answers ``{"job": n, "pid": p}`` once forked (or
+``{"job": n, "error": "..."}``), and ``{"pid": p, "code": c}`` when the child has exited (``c`` as
+``Popen.returncode``: negative for a signal). When the worker goes away (the socket closes), every child
+still running is killed with its group: nobody would read it any more.
+
+Standard library, yt-dlp and PyAV only, like the guard: this runs without Django.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import selectors
@@ -45,14 +50,49 @@ def _warm() -> None:
     import yt_dlp.postprocessor
     from yt_dlp.extractor import gen_extractor_classes
 
-    import downloads.ytdlp_guard  # noqa: F401 - imported for the children
+    import downloads.ytdlp_guard
+
+    with contextlib.suppress(ImportError):  # without PyAV a media job fails in its child, and says why
+
+        import downloads.media_child  # noqa: F401
 
     gen_extractor_classes()  # the lazy extractor classes' module
     with contextlib.suppress(Exception):
         yt_dlp.YoutubeDL({"quiet": True, "no_warnings": True}).close()  # networking handlers, options parsing
+    with contextlib.suppress(Exception):
+        # The date formats every job tries on a Last-Modified header: each is a regex that strptime builds
+        # on first use (about 35 ms of a small job's CPU when every child built them again).
+        from yt_dlp.utils import unified_strdate, unified_timestamp
+
+        unified_timestamp("Mon, 30 Nov 2026 23:12:41 GMT")
+        unified_strdate("Mon, 30 Nov 2026 23:12:41 GMT")
+    gc.freeze()  # what is warm now stays out of the collector's way, so children do not copy its pages
 
 
-def _child(argv: list[str], env: dict[str, str], fds: list[int]) -> None:
+_warmed_extractors: set[str] = set()
+
+
+def _warm_extractors(argv: list[str]) -> None:
+    """Import the real classes of the extractors a job may use (``--use-extractors``), once per list: the
+    lazy ones import their module in every child otherwise (the generic one pulls in YouTube's, about 50 ms)."""
+    names = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--use-extractors"), None)
+    if names is None or names in _warmed_extractors:
+        return
+    _warmed_extractors.add(names)
+    with contextlib.suppress(Exception):  # a job whose extractors cannot load says so itself, in its child
+        import yt_dlp
+
+        with yt_dlp.YoutubeDL({"quiet": True, "no_warnings": True,
+                               "allowed_extractors": names.split(",")}) as ydl:
+            for key in list(ydl._ies):
+                ydl.get_info_extractor(key)
+    gc.freeze()
+
+
+PROGRAMS = ("ytdlp", "media")
+
+
+def _child(program: str, argv: list[str], env: dict[str, str], fds: list[int]) -> None:
     """In the forked child: become the job's process and never return."""
     code = 1
     try:
@@ -69,9 +109,11 @@ def _child(argv: list[str], env: dict[str, str], fds: list[int]) -> None:
         sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
         os.environ.clear()
         os.environ.update(env)
-        sys.argv = ["yt-dlp", *argv]
-        from downloads.ytdlp_guard import main
-
+        if program == "media":
+            from downloads.media_child import main
+        else:
+            sys.argv = ["yt-dlp", *argv]
+            from downloads.ytdlp_guard import main
         code = main(argv)
     except BaseException:  # the job's own failure, reported where a plain subprocess would report it
         with contextlib.suppress(Exception):
@@ -132,9 +174,15 @@ def _take_request(control: socket.socket, children: set[int]) -> bool:
         job = request["job"]
         if len(fds) != 3:
             raise ValueError(f"expected 3 file descriptors, got {len(fds)}")
+        program = str(request.get("program", "ytdlp"))
+        if program not in PROGRAMS:
+            raise ValueError(f"no such program: {program}")
+        argv = [str(a) for a in request["argv"]]
+        if program == "ytdlp":
+            _warm_extractors(argv)
         pid = os.fork()
         if pid == 0:
-            _child([str(a) for a in request["argv"]], {str(k): str(v) for k, v in request["env"].items()}, fds)
+            _child(program, argv, {str(k): str(v) for k, v in request["env"].items()}, fds)
         children.add(pid)
         _send(control, {"job": job, "pid": pid})
     except Exception as exc:

@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
+
 from downloads import bridge, ytdlp_forkserver
 from downloads.subprocesses import kill_group
 
@@ -83,8 +85,9 @@ class Helper:
         finally:
             await helper.aclose()
 
-    async def spawn(self, argv: list[str], *, env: dict[str, str]) -> ForkedProcess:
-        """Start ``argv`` (the arguments of ``ytdlp_guard.main``) as a forked child with ``env``."""
+    async def spawn(self, argv: list[str], *, env: dict[str, str], program: str = "ytdlp") -> ForkedProcess:
+        """Start ``argv`` as a forked child with ``env``: the arguments of ``ytdlp_guard.main`` (``program``
+        ``ytdlp``) or of ``media_child.main`` (``media``)."""
         loop = asyncio.get_running_loop()
         control = await self._ensure_started()
         self._jobs += 1
@@ -95,7 +98,7 @@ class Helper:
         err_read, err_write = os.pipe()
         stdin = os.open(os.devnull, os.O_RDONLY)
         try:
-            message = json.dumps({"job": job, "argv": argv, "env": env}).encode()
+            message = json.dumps({"job": job, "program": program, "argv": argv, "env": env}).encode()
             await self._send(control, message, [stdin, out_write, err_write])
         except BaseException:
             self._forks.pop(job, None)
@@ -231,6 +234,12 @@ class Helper:
             except TimeoutError:
                 self._process.kill()
                 await self._process.wait()
+
+
+def in_use() -> bool:
+    """Whether jobs go to the helper here: the setting is on and this is the worker's long-lived loop (a
+    command's or a test's ``asyncio.run`` would start a helper for a single job)."""
+    return bool(settings.MEDIA_YTDLP_HELPER) and bridge.on_worker_loop()
 
 
 async def helper() -> Helper:

@@ -143,7 +143,8 @@ def web_registry() -> CollectorRegistry:
 
 # --- What the worker measures --------------------------------------------------------------------------------
 
-STAGES = ("download", "probe", "thumbnail", "upload")
+# "probe" includes the thumbnail: one child makes both where the worker has a yt-dlp helper.
+STAGES = ("download", "probe", "upload")
 # From a short probe to a long download; the download timeout is 1 h by default.
 STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 

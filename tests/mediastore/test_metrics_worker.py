@@ -15,7 +15,7 @@ from tests.harness.tokens import api_token
 
 TOKEN = "a-metrics-token-for-the-tests"
 LIMITS = {"MEDIA_MAX_FILESIZE": "20M", "MEDIA_SOCKET_TIMEOUT": "5", "MEDIA_DOWNLOAD_TIMEOUT": "120"}
-STAGES = ("download", "probe", "thumbnail", "upload")
+STAGES = ("download", "probe", "upload")
 
 
 def _web(client: Client) -> Samples:

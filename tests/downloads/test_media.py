@@ -1,0 +1,129 @@
+"""What a file is and its thumbnail, for real on clips ffmpeg makes here, on both paths: ffprobe and ffmpeg as
+subprocesses, and one child of the yt-dlp helper (``downloads.media_child``, FFmpeg's libraries in PyAV)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from downloads import media, ytdlp_helper
+from downloads.exceptions import InvalidMediaError, TooManyPixelsError
+from downloads.ytdlp_helper import Helper
+
+
+@pytest.fixture(params=["plain", "helper"])
+async def way(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    if request.param == "plain":
+        with mock.patch.object(ytdlp_helper, "in_use", return_value=False):
+            yield request.param
+        return
+    async with Helper.running() as helper:
+
+        async def running() -> Helper:
+            return helper
+
+        with (mock.patch.object(ytdlp_helper, "in_use", return_value=True),
+              mock.patch.object(ytdlp_helper, "helper", running)):
+            yield request.param
+        assert helper.starts == 1  # the helper did the work, not the fallback
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args], check=True, timeout=60)
+
+
+def _clip(path: Path, *, size: str = "320x240", seconds: int = 3, gop: int = 25, audio: bool = False,
+          codecs: tuple[str, ...] = ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p")) -> Path:
+    sound = ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"] if audio else []
+    _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25", *sound, "-t", str(seconds), *codecs,
+            "-g", str(gop), str(path))
+    return path
+
+
+def _width_of(picture: Path) -> int:
+    done = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "stream=width",
+                           "-of", "csv=p=0", str(picture)], capture_output=True, text=True, check=True, timeout=30)
+    return int(done.stdout.strip())
+
+
+async def test_a_clip_whose_only_keyframe_is_its_first_frame_still_gets_a_thumbnail(way: str, tmp_path: Path):
+    # Keyframes only are decoded: the one at or before a tenth of the way in must be taken, since there is
+    # none after it here.
+    clip = _clip(tmp_path / "one-keyframe.mp4", seconds=6, gop=1000)
+
+    _, picture = await media.examine(clip, into=tmp_path)
+
+    assert picture is not None
+    assert _width_of(picture) == 320
+
+
+async def test_a_wide_video_gets_a_thumbnail_640_pixels_wide(way: str, tmp_path: Path):
+    clip = _clip(tmp_path / "wide.mp4", size="1280x720")
+
+    _, picture = await media.examine(clip, into=tmp_path)
+
+    assert picture is not None
+    assert _width_of(picture) == 640
+
+
+@pytest.mark.parametrize(("name", "codecs"), [
+    ("h264-aac.mp4", ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac")),
+    ("vp9-opus.webm", ("-c:v", "libvpx-vp9", "-deadline", "realtime", "-c:a", "libopus")),
+])
+async def test_both_ways_describe_a_file_alike(name: str, codecs: tuple[str, ...], tmp_path: Path):
+    clip = _clip(tmp_path / name, size="320x180", seconds=2, audio=True, codecs=codecs)
+    described = {}
+    for way in ("plain", "helper"):
+        async with Helper.running() as helper:
+
+            async def running(helper: Helper = helper) -> Helper:
+                return helper
+
+            with (mock.patch.object(ytdlp_helper, "in_use", return_value=way == "helper"),
+                  mock.patch.object(ytdlp_helper, "helper", running)):
+                described[way], _ = await media.examine(clip, into=tmp_path)
+
+    assert described["helper"] == described["plain"]
+    assert (described["helper"].width, described["helper"].height) == (320, 180)
+
+
+async def test_audio_has_no_thumbnail(way: str, tmp_path: Path):
+    audio = tmp_path / "sound.m4a"
+    _ffmpeg("-f", "lavfi", "-i", "sine=frequency=220:sample_rate=44100", "-t", "2", "-c:a", "aac", str(audio))
+
+    info, picture = await media.examine(audio, into=tmp_path)
+
+    assert (info.audio_codec, info.video_codec, info.content_type) == ("aac", "", "audio/mp4")
+    assert picture is None
+
+
+async def test_bytes_that_are_not_media_are_invalid_media(way: str, tmp_path: Path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(bytes(range(256)) * 400)
+
+    with pytest.raises(InvalidMediaError):
+        await media.examine(junk, into=tmp_path)
+
+
+async def test_a_list_of_other_files_named_like_a_video_is_not_read(way: str, tmp_path: Path):
+    # A concat list naming a file beside it, as FFmpeg's concat demuxer deems safe: only the demuxer
+    # allow-list keeps it from being read as the other file's media.
+    _clip(tmp_path / "private.mp4")
+    playlist = tmp_path / "download.mp4"
+    playlist.write_text("ffconcat version 1.0\nfile 'private.mp4'\n")
+
+    with pytest.raises(InvalidMediaError):
+        await media.examine(playlist, into=tmp_path)
+
+
+async def test_a_picture_over_the_pixel_limit_fails_before_any_thumbnail(way: str, tmp_path: Path, settings):
+    settings.MEDIA_MAX_PIXELS = 320 * 240 - 1
+    clip = _clip(tmp_path / "big.mp4")
+
+    with pytest.raises(TooManyPixelsError):
+        await media.examine(clip, into=tmp_path)
+    assert not (tmp_path / "thumb.jpg").exists()
