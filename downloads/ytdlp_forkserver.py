@@ -50,11 +50,12 @@ def _warm() -> None:
     import yt_dlp.postprocessor
     from yt_dlp.extractor import gen_extractor_classes
 
-    import downloads.ytdlp_guard
+    import downloads.ytdlp_guard  # noqa: F401 - imported for the children
 
     with contextlib.suppress(ImportError):  # without PyAV a media job fails in its child, and says why
+        from downloads import media_child
 
-        import downloads.media_child  # noqa: F401
+        media_child.warm()
 
     gen_extractor_classes()  # the lazy extractor classes' module
     with contextlib.suppress(Exception):
