@@ -76,8 +76,12 @@ def warm() -> None:
 
 
 def _said(exc: BaseException, path: str) -> str:
-    # FFmpeg names the file by its full path: the worker's log and the scene's detail get its name only.
-    return (str(exc) or type(exc).__name__).replace(path, os.path.basename(path))[:300]
+    """FFmpeg's reason as ffprobe words it (``file:<path>: Invalid data found…``), so the scene's detail is
+    the same on both paths; with the file's name only, as the full path is nobody's business."""
+    said = str(exc) or type(exc).__name__
+    if isinstance(getattr(exc, "strerror", None), str):
+        said = f"{exc.filename}: {exc.strerror}" if getattr(exc, "filename", None) else exc.strerror  # type: ignore[attr-defined]
+    return said.replace(path, os.path.basename(path))[:300]
 
 
 def _attached_picture(stream: Any) -> bool:

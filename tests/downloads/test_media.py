@@ -104,12 +104,15 @@ async def test_audio_has_no_thumbnail(way: str, tmp_path: Path):
     assert picture is None
 
 
-async def test_bytes_that_are_not_media_are_invalid_media(way: str, tmp_path: Path):
+async def test_bytes_that_are_not_media_are_invalid_media_with_ffmpeg_s_reason_and_no_path(way: str,
+                                                                                         tmp_path: Path):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(bytes(range(256)) * 400)
 
-    with pytest.raises(InvalidMediaError):
+    with pytest.raises(InvalidMediaError) as error:
         await media.examine(junk, into=tmp_path)
+
+    assert error.value.detail == "ffprobe: file:junk.mp4: Invalid data found when processing input"
 
 
 async def test_a_list_of_other_files_named_like_a_video_is_not_read(way: str, tmp_path: Path):
