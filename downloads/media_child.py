@@ -67,12 +67,11 @@ def warm() -> None:
     the child instead, PyAV's 48 extension modules cost about 45 ms of a job's CPU."""
     import av
     import av.container
+    import av.filter
     import av.subtitles.stream
     import av.video
-    import av.video.reformatter
 
     av.codec.Codec("mjpeg", "w")  # the thumbnail's encoder, found once
-    av.video.reformatter.VideoReformatter()
 
 
 def _said(exc: BaseException, path: str) -> str:
@@ -107,10 +106,16 @@ def _probe(container: Any, size: int) -> dict[str, Any]:
     return {"format": {"duration": duration, "size": str(size)}, "streams": streams}
 
 
+# What ffmpeg's autorotate inserts for a display matrix of this many degrees counter-clockwise, so a phone's
+# upright video gets an upright thumbnail on both paths.
+_UPRIGHT: dict[int, list[tuple[str, str | None]]] = {
+    90: [("transpose", "cclock")], 180: [("hflip", None), ("vflip", None)], 270: [("transpose", "clock")]}
+
+
 def _thumbnail(container: Any, video: Any, *, duration: str | None, width: int, target: str,
                max_pixels: int) -> None:
-    """The keyframe at or before a tenth of the way in (as ``media.thumbnail`` asks ffmpeg for), as a JPEG at
-    most ``width`` pixels wide."""
+    """The keyframe at or before a tenth of the way in, turned upright, at most ``width`` pixels wide, as a
+    JPEG: what ``media.thumbnail`` asks of ffmpeg, through the same filters."""
     import av
 
     seconds = float(duration) if duration else 0.0
@@ -122,12 +127,22 @@ def _thumbnail(container: Any, video: Any, *, duration: str | None, width: int, 
     if at > 0 and video.time_base:
         container.seek(int(at / video.time_base), stream=video, backward=True, any_frame=False)
     frame = next(container.decode(video))
-    scaled_width = min(width, frame.width)
-    scaled_height = max(2, round(frame.height * scaled_width / frame.width / 2) * 2)
-    picture = frame.reformat(width=scaled_width, height=scaled_height, format="yuvj420p")
+    graph = av.filter.Graph()
+    steps = [*_UPRIGHT.get(round(frame.rotation) % 360, []), ("scale", f"w='min({width},iw)':h=-2"),
+             ("format", "yuvj420p")]
+    previous = graph.add_buffer(template=video)
+    for name, arguments in steps:
+        node = graph.add(name, arguments)
+        previous.link_to(node)
+        previous = node
+    previous.link_to(graph.add("buffersink"))
+    graph.configure()
+    graph.push(frame)
+    picture = graph.pull()
+    assert isinstance(picture, av.VideoFrame)
     with av.open(target, "w", format="image2") as output:
         stream = output.add_stream("mjpeg", rate=1)
-        stream.width, stream.height, stream.pix_fmt = scaled_width, scaled_height, "yuvj420p"
+        stream.width, stream.height, stream.pix_fmt = picture.width, picture.height, "yuvj420p"
         stream.codec_context.qmin = stream.codec_context.qmax = 4  # ffmpeg's -q:v 4
         for packet in stream.encode(picture):
             output.mux(packet)

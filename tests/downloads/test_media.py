@@ -73,6 +73,20 @@ async def test_a_wide_video_gets_a_thumbnail_640_pixels_wide(way: str, tmp_path:
     assert _width_of(picture) == 640
 
 
+async def test_a_video_shot_upright_on_a_phone_gets_an_upright_thumbnail(way: str, tmp_path: Path):
+    # A phone stores its picture sideways with a display matrix; ffmpeg turns it, and so must the child.
+    sideways = _clip(tmp_path / "sideways.mp4")
+    turned = tmp_path / "turned.mp4"
+    _ffmpeg("-i", str(sideways), "-c", "copy", "-metadata:s:v", "rotate=90", str(turned))
+
+    _, picture = await media.examine(turned, into=tmp_path)
+
+    assert picture is not None
+    done = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=width,height", "-of", "csv=p=0",
+                           str(picture)], capture_output=True, text=True, check=True, timeout=30)
+    assert done.stdout.strip() == "240,320"
+
+
 @pytest.mark.parametrize(("name", "codecs"), [
     ("h264-aac.mp4", ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac")),
     ("vp9-opus.webm", ("-c:v", "libvpx-vp9", "-deadline", "realtime", "-c:a", "libopus")),
