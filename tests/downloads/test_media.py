@@ -161,3 +161,12 @@ def test_the_helper_s_warm_up_imports_everything_a_media_job_uses(tmp_path: Path
                           check=True, timeout=120, cwd=REPO_ROOT)
 
     assert json.loads(done.stdout.splitlines()[-1]) == {"code": 0, "imported": []}
+
+
+async def test_the_probe_runs_within_the_child_memory_limit(way: str, tmp_path: Path, settings):
+    # Far less address space than FFmpeg's libraries take: only a probe run under the limit fails.
+    settings.MEDIA_CHILD_MEMORY = 32 * 1024**2
+    clip = _clip(tmp_path / "clip.mp4")
+
+    with pytest.raises(InvalidMediaError):
+        await media.examine(clip, into=tmp_path)
