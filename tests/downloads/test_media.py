@@ -47,10 +47,14 @@ def _clip(path: Path, *, size: str = "320x240", seconds: int = 3, gop: int = 25,
     return path
 
 
-def _width_of(picture: Path) -> int:
-    done = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "stream=width",
+def _size_of(picture: Path) -> str:
+    done = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "stream=width,height",
                            "-of", "csv=p=0", str(picture)], capture_output=True, text=True, check=True, timeout=30)
-    return int(done.stdout.strip())
+    return done.stdout.strip()
+
+
+def _width_of(picture: Path) -> int:
+    return int(_size_of(picture).split(",")[0])
 
 
 async def test_a_clip_whose_only_keyframe_is_its_first_frame_still_gets_a_thumbnail(way: str, tmp_path: Path):
@@ -82,9 +86,7 @@ async def test_a_video_shot_upright_on_a_phone_gets_an_upright_thumbnail(way: st
     _, picture = await media.examine(turned, into=tmp_path)
 
     assert picture is not None
-    done = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=width,height", "-of", "csv=p=0",
-                           str(picture)], capture_output=True, text=True, check=True, timeout=30)
-    assert done.stdout.strip() == "240,320"
+    assert _size_of(picture) == "240,320"
 
 
 @pytest.mark.parametrize(("name", "codecs"), [

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from downloads import egress, ytdlp
+from downloads import egress, ytdlp, ytdlp_guard
 from downloads.subprocesses import kill_group
 from downloads.ytdlp_helper import ForkedProcess, Helper
 from tests.harness.processes import process_table, silent_port, ytdlp_helpers
+from tests.harness.services import REPO_ROOT
 
 
 @pytest.fixture
@@ -132,3 +136,18 @@ async def test_a_job_whose_exit_is_read_before_its_starter_runs_again_still_gets
 
     pid, exited = forked.result()
     assert (pid, exited.result()) == (4242, 3)
+
+
+def test_the_helper_s_warm_up_imports_the_extractors_a_job_uses(media_server, tmp_path):
+    # An extractor's module imported in the child costs every job (the generic one pulls in YouTube's: 50 ms).
+    argv = ytdlp.build_argv(media_server.url("video.mp4"), job_dir=tmp_path, max_filesize=10**9)
+    argv = argv[argv.index(ytdlp_guard.bootstrap(str(REPO_ROOT))) + 1:]
+    program = ("import json, os, sys; from downloads import ytdlp_forkserver, ytdlp_guard; "
+               "args = json.loads(sys.argv[1]); ytdlp_forkserver._warm(); ytdlp_forkserver._warm_extractors(args); "
+               "before = set(sys.modules); code = ytdlp_guard.main(args); "
+               "print(json.dumps({'code': code, 'extractors': sorted(m for m in set(sys.modules) - before "
+               "if m.startswith('yt_dlp.extractor'))}))")
+    done = subprocess.run([sys.executable, "-c", program, json.dumps(argv)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO_ROOT, env=ytdlp.guard_env(LOOPBACK), check=False)
+
+    assert json.loads(done.stdout.splitlines()[-1]) == {"code": 0, "extractors": []}, done.stderr[-2000:]
