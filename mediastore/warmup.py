@@ -45,8 +45,8 @@ def warm_web_process() -> None:
 def _connect_broker() -> None:
     from mediastore.celery import app
 
-    # The result backend is made on the first publish (Celery keeps one per thread: this one serves a sync
-    # worker's requests; under ASGI it is the class's import that is saved).
+    # The result backend is made on the first publish; one per process (CELERY_RESULT_BACKEND_THREAD_SAFE),
+    # so this one serves every request's thread.
     app.backend  # noqa: B018
     app.amqp.send_task_message  # noqa: B018  # the sender (and its event dispatcher), built once per process
     # A producer from the pool the publishes take theirs from, connected and put back: the first store

@@ -95,7 +95,12 @@ class Scene(ObjectIdModel):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "updated_at"], name="scene_status_updated_idx")]
+        indexes = [
+            models.Index(fields=["status", "updated_at"], name="scene_status_updated_idx"),
+            # The active cap's count on every store and retry: with the owner's index alone it read every
+            # scene the owner ever made; with this one it counts the queued and processing entries only.
+            models.Index(fields=["owner", "status"], name="scene_owner_status_idx"),
+        ]
         permissions = [("requeue_scene", "Can re-queue failed scenes")]
 
     def __str__(self) -> str:

@@ -84,18 +84,22 @@ def scene_store(
 
     _check_active_limit(owner=owner)
     task_id = str(uuid.uuid4())
+    if scene is None:
+        # One INSERT that commits by itself, not BEGIN IMMEDIATE … COMMIT around it: the write lock every web
+        # process and the worker share is then held while SQLite writes, not also while this thread waits
+        # for the GIL between the statements (other writers poll for it in steps of 1 to 100 ms).
+        scene = Scene.objects.create(owner=owner, source_url=source_url, project=project, title=title,
+                                     task_id=task_id)
+        _enqueue_after_commit(task=download_media_task, args=[scene.pk], task_id=task_id)
+        return scene
+    changes: dict[str, Any] = {"source_url": source_url}
+    if project is not None:
+        changes["project"] = project
+    if title:
+        changes["title"] = title
     with transaction.atomic():
-        if scene is None:
-            scene = Scene.objects.create(owner=owner, source_url=source_url, project=project, title=title,
-                                         task_id=task_id)
-        else:
-            changes: dict[str, Any] = {"source_url": source_url}
-            if project is not None:
-                changes["project"] = project
-            if title:
-                changes["title"] = title
-            lifecycle.restart(scene_id=scene.pk, task_id=task_id, **changes)
-            scene.refresh_from_db()
+        lifecycle.restart(scene_id=scene.pk, task_id=task_id, **changes)
+        scene.refresh_from_db()
         _enqueue_after_commit(task=download_media_task, args=[scene.pk], task_id=task_id)
     return scene
 

@@ -41,6 +41,18 @@ def test_tasks_are_acknowledged_late_one_at_a_time_in_json():
     assert conf.broker_url == settings.CELERY_BROKER_URL or conf.broker_url.startswith("redis://127.0.0.1:")
 
 
+def test_one_result_backend_serves_every_thread_of_a_process():
+    # Under ASGI each request's sync part runs in a new thread: a backend per thread was built per publish.
+    import threading
+
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(celery_app.backend))
+    thread.start()
+    thread.join()
+
+    assert seen == [celery_app.backend]
+
+
 def test_broker_poll_outlasts_the_gevent_loop_timeout():
     # The gevent worker polls with a 2 s timeout; only a BRPOP that waits longer lets a poll come back
     # empty, which is when kombu restores a dead worker's unacked messages.

@@ -8,6 +8,8 @@ from unittest import mock
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from scenes import services
@@ -38,6 +40,18 @@ def test_scene_can_belong_to_a_project(owner):
     scene = services.scene_create(owner=owner, source_url="https://example.com/v.mp4", project=project)
 
     assert list(project.scenes.all()) == [scene]
+
+
+def test_storing_a_new_scene_takes_the_write_lock_for_one_statement(owner, django_capture_on_commit_callbacks):
+    # The write lock is shared by every web process and the worker: no transaction (or savepoint) is opened
+    # around the INSERT, so no thread holds the lock while it waits for the GIL between statements.
+    with mock.patch("downloads.tasks.download_media_task.apply_async") as send, \
+            django_capture_on_commit_callbacks(execute=True), CaptureQueriesContext(connection) as queries:
+        scene = services.scene_store(owner=owner, source_url="https://example.com/v.mp4")
+
+    writes = [q["sql"].split()[0].upper() for q in queries.captured_queries if not q["sql"].startswith("SELECT")]
+    assert writes == ["INSERT"]
+    send.assert_called_once_with(args=[scene.pk], task_id=scene.task_id, retry=False)
 
 
 def _age(scene: Scene, seconds: float) -> None:
