@@ -16,7 +16,7 @@ from celery.utils.log import get_task_logger
 from django.conf import settings
 from django.db import close_old_connections
 
-from downloads import bridge, cancels, pipeline, ytdlp
+from downloads import bridge, cancels, pipeline, ytdlp, ytdlp_helper
 from downloads.asynctask import AsyncTask
 from mediastore import liveness, metrics
 from mediastore.celery import app as celery_app
@@ -58,6 +58,7 @@ def _worker_ready(sender: Any = None, **_: Any) -> None:
     # once is harmless: every change is a conditional update.
     _background.append(bridge.every(settings.MEDIA_SWEEP_INTERVAL, _sweep, name="sweeper"))
     _background.append(bridge.background(cancels.listen, name="cancel listener"))
+    _background.append(bridge.background(ytdlp_helper.start_early, name="yt-dlp helper start"))
     _serve_metrics(concurrency)
 
 

@@ -127,6 +127,11 @@ class Helper:
             transports.append(transport)
         return ForkedProcess(pid=pid, stdout=streams[0], stderr=streams[1], exited=exited, transports=transports)
 
+    async def start(self) -> None:
+        """Start the helper now if it is not running (the worker does at start-up, so its first job does not
+        wait for yt-dlp and FFmpeg's libraries to be imported)."""
+        await self._ensure_started()
+
     async def _send(self, control: socket.socket, message: bytes, fds: list[int]) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -159,7 +164,8 @@ class Helper:
         ours, theirs = bridge.native_socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-s", "-c", ytdlp_forkserver.bootstrap(_REPO_ROOT, theirs.fileno()),
+                sys.executable, "-s", "-c", ytdlp_forkserver.bootstrap(
+                    _REPO_ROOT, theirs.fileno(), extractors=",".join(settings.MEDIA_YTDLP_EXTRACTORS)),
                 pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 # Outside the worker's process group: a Ctrl-C to the group is the worker's to handle (it hands
                 # running jobs back on a warm shutdown), and would otherwise kill the helper and its jobs under
@@ -245,3 +251,14 @@ def in_use() -> bool:
 async def helper() -> Helper:
     """The running loop's helper."""
     return await bridge.shared(SHARED_KEY, Helper.running)
+
+
+async def start_early() -> None:
+    """Start the worker's helper before any job needs it (the first job waited 0.5 s for it); a helper that
+    cannot start is only logged here, as the first job tries again and falls back to plain subprocesses."""
+    if not in_use():
+        return
+    try:
+        await (await helper()).start()
+    except HelperUnavailable as exc:
+        logger.warning("%s; the first job tries again", exc)

@@ -165,10 +165,27 @@ def test_the_helper_s_warm_up_imports_everything_a_media_job_uses(tmp_path: Path
     assert json.loads(done.stdout.splitlines()[-1]) == {"code": 0, "imported": []}
 
 
-async def test_the_probe_runs_within_the_child_memory_limit(way: str, tmp_path: Path, settings):
-    # Far less address space than FFmpeg's libraries take: only a probe run under the limit fails.
-    settings.MEDIA_CHILD_MEMORY = 32 * 1024**2
+def test_the_media_child_runs_within_the_memory_limit_it_is_given(tmp_path: Path):
     clip = _clip(tmp_path / "clip.mp4")
+    limit = 3 * 1024**3
+    spec = {"path": str(clip), "thumbnail": None, "max_pixels": 10**8, "width": 640, "memory": limit,
+            "demuxers": list(egress.MEDIA_DEMUXERS)}
+    program = ("import json, resource, sys; from downloads import media_child; code = media_child.main([sys.argv[1]]); "
+               "print(json.dumps({'code': code, 'limit': resource.getrlimit(resource.RLIMIT_AS)}))")
+    done = subprocess.run([sys.executable, "-c", program, json.dumps(spec)], capture_output=True, text=True,
+                          check=True, timeout=120, cwd=REPO_ROOT)
 
-    with pytest.raises(InvalidMediaError):
-        await media.examine(clip, into=tmp_path)
+    assert json.loads(done.stdout.splitlines()[-1]) == {"code": 0, "limit": [limit, limit]}
+
+
+async def test_the_helper_path_gives_the_child_the_worker_s_memory_limit(tmp_path: Path, settings):
+    settings.MEDIA_CHILD_MEMORY = 123456789
+    spawned = mock.AsyncMock(side_effect=ytdlp_helper.HelperUnavailable("stop here"))
+    with (mock.patch.object(ytdlp_helper, "in_use", return_value=True),
+          mock.patch.object(ytdlp_helper, "helper", mock.AsyncMock(return_value=mock.Mock(spawn=spawned))),
+          mock.patch.object(media, "probe", mock.AsyncMock(side_effect=InvalidMediaError())),
+          pytest.raises(InvalidMediaError)):
+        await media.examine(tmp_path / "clip.mp4", into=tmp_path)
+
+    (spec,) = spawned.await_args.args[0]
+    assert json.loads(spec)["memory"] == 123456789

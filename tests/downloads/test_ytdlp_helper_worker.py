@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 
 from tests.harness import scene_states
 from tests.harness.media import MediaServer
-from tests.harness.processes import ytdlp_helpers
+from tests.harness.processes import wait_until, ytdlp_helpers
 
 LIMITS = {"MEDIA_MAX_FILESIZE": "10M", "MEDIA_SOCKET_TIMEOUT": "5", "MEDIA_DOWNLOAD_TIMEOUT": "120"}
 
@@ -34,6 +34,14 @@ def test_every_job_forks_from_one_helper_which_is_started_again_after_it_died(ow
     assert "stopped; 0 running jobs are killed" in worker.log()
     assert "started (start 2)" in worker.log()
     assert ytdlp_helpers(worker.process.pid) not in ([], [helper])
+
+
+def test_the_helper_is_started_with_the_worker_before_any_job(start_worker):
+    # The first job would otherwise wait for it to import yt-dlp and FFmpeg's libraries (about 0.5 s).
+    worker = start_worker(concurrency=4, env=LIMITS)
+
+    wait_until(lambda: len(ytdlp_helpers(worker.process.pid)) == 1, timeout=30, what="the yt-dlp helper")
+    assert "started (start 1)" in worker.log()
 
 
 def test_with_the_helper_off_jobs_run_as_plain_subprocesses(owner, start_worker, media_server: MediaServer):
