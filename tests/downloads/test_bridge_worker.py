@@ -15,7 +15,7 @@ from django.core.management import call_command
 from downloads.exceptions import UnsupportedUrlError
 from scenes import services
 from scenes.models import Scene
-from tests.harness.processes import process_table, wait_until
+from tests.harness.processes import process_table, wait_until, ytdlp_helpers
 from tests.harness.services import r2_env
 from tests.harness.tasks import (
     async_hard_limited,
@@ -30,16 +30,9 @@ from tests.harness.tasks import (
 
 
 def _children_of(pid: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                children.append(int(entry.name))
-    return children
+    """The worker's child processes, zombies included, but its yt-dlp helper (started with the worker)."""
+    helpers = set(ytdlp_helpers(pid))
+    return [p.pid for p in process_table() if p.ppid == pid and p.pid not in helpers]
 
 
 def _running(pid: int) -> bool:
