@@ -87,6 +87,11 @@ def test_the_images_commands_run_from_a_fresh_venv_as_a_non_root_user(image_root
                               env=env, capture_output=True, text=True, timeout=300)
     assert cannot_write.returncode != 0  # the code is root's: the app's user cannot change it
     assert migrated.returncode == 0, migrated.stderr[-3000:]
+    # `make run` installs these same requirements (requirements/prod.txt) on a fresh machine; its runner's
+    # imports (honcho) must be among them, not only among the test harness's.
+    runner = subprocess.run([str(venv / "bin" / "python"), "-c", "import mediastore.runstack"], cwd=app, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert runner.returncode == 0, runner.stderr[-3000:]
 
     port = free_port()
     cmd = next(line for line in DOCKERFILE.read_text().splitlines() if line.startswith("CMD "))
