@@ -58,7 +58,8 @@ def _worker_ready(sender: Any = None, **_: Any) -> None:
     # once is harmless: every change is a conditional update.
     _background.append(bridge.every(settings.MEDIA_SWEEP_INTERVAL, _sweep, name="sweeper"))
     _background.append(bridge.background(cancels.listen, name="cancel listener"))
-    _background.append(bridge.background(ytdlp_helper.start_early, name="yt-dlp helper start"))
+    if celery_app.conf.task_default_queue in queues:  # a worker that takes ingest jobs (not the webhooks one)
+        _background.append(bridge.background(ytdlp_helper.start_early, name="yt-dlp helper start"))
     _serve_metrics(concurrency)
 
 

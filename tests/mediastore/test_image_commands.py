@@ -114,10 +114,13 @@ def test_the_images_commands_run_from_a_fresh_venv_as_a_non_root_user(image_root
         for process in processes[1:]:
             wait_until(lambda process=process: " ready." in process.log(), timeout=90, interval=0.5,
                        what="a worker command to be ready")
+        wait_until(lambda: "yt-dlp helper" in processes[1].log(), timeout=60, interval=0.5,
+                   what="the ingest worker to start its yt-dlp helper")
         owners = {path.stat().st_uid for path in data.rglob("*")}
     finally:
         for process in processes:
             process.stop(grace=30)
 
     assert owners == {APP_UID}  # everything the app wrote is under DATA_DIR, as its own user
+    assert "yt-dlp helper" not in processes[2].log()  # the webhooks worker takes no ingest job: no helper
     assert "Permission denied" not in "".join(process.log() for process in processes)
