@@ -15,7 +15,7 @@ from django.conf import settings
 from downloads import ytdlp_helper
 from downloads.egress import FFMPEG_INPUT_OPTIONS, MEDIA_DEMUXERS
 from downloads.exceptions import InternalError, InvalidMediaError, TooManyPixelsError
-from downloads.subprocesses import kill_group, memory_limited, run_captured
+from downloads.subprocesses import captured, memory_limited, run_captured
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +92,12 @@ async def probe(path: Path) -> MediaInfo:
         data = json.loads(stdout)
     except ValueError as exc:
         raise InternalError("ffprobe answered something that is not JSON") from exc
-    return _within_limits(_parse_probe(data, path, int((data.get("format") or {}).get("size") or 0)))
+    return _described(data, path)
 
 
-def _within_limits(info: MediaInfo) -> MediaInfo:
+def _described(data: dict[str, Any], path: Path) -> MediaInfo:
+    """The probe's answer (ffprobe's JSON, from either path) read, within the pixel limit."""
+    info = _parse_probe(data, path, int((data.get("format") or {}).get("size") or 0))
     # Before any frame is decoded: an 8192x8192 picture made the thumbnail's ffmpeg take 734 MB.
     pixels = (info.width or 0) * (info.height or 0)
     if pixels > settings.MEDIA_MAX_PIXELS:
@@ -125,13 +127,8 @@ async def _examine_forked(path: Path, *, into: Path) -> tuple[MediaInfo, Path | 
     helper = await ytdlp_helper.helper()
     process = await helper.spawn([json.dumps(spec)], env={}, program="media")
     try:
-        async with asyncio.timeout(PROBE_TIMEOUT + THUMBNAIL_TIMEOUT):
-            stdout, stderr = await asyncio.gather(process.stdout.read(), process.stderr.read())
-            code = await process.wait()
+        code, stdout, stderr = await captured(process, limit=PROBE_TIMEOUT + THUMBNAIL_TIMEOUT)
     finally:
-        if process.returncode is None:
-            kill_group(process.pid)
-            await asyncio.shield(process.wait())
         process.close()
     said = stderr.decode("utf-8", "replace").strip().splitlines()
     lines = stdout.splitlines()
@@ -144,7 +141,7 @@ async def _examine_forked(path: Path, *, into: Path) -> tuple[MediaInfo, Path | 
         made = len(lines) > 1 and json.loads(lines[1]) == {"thumbnail": True}
     except ValueError as exc:
         raise InternalError("the media child answered something that is not JSON") from exc
-    info = _within_limits(_parse_probe(data, path, int((data.get("format") or {}).get("size") or 0)))
+    info = _described(data, path)
     if not info.has_video:
         return info, None
     if not made or not await asyncio.to_thread(_nonempty_file, target):

@@ -8,6 +8,7 @@ import functools
 import os
 import shutil
 import signal
+from typing import Protocol
 
 from django.conf import settings
 
@@ -35,21 +36,47 @@ def memory_limited(argv: list[str]) -> list[str]:
     return [prlimit, f"--as={settings.MEDIA_CHILD_MEMORY}", "--", *argv]
 
 
-async def run_captured(argv: list[str], *, limit: float) -> tuple[int, bytes, bytes]:
-    """Run ``argv`` to completion within ``limit`` seconds; return exit code, stdout and stderr.
+class OwnedProcess(Protocol):
+    """A child whose output and exit this process reads: an asyncio subprocess, or a child of the yt-dlp
+    helper (``ytdlp_helper.ForkedProcess``)."""
 
-    On timeout or cancellation the process group is killed and reaped before the error propagates.
-    """
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def stdout(self) -> asyncio.StreamReader | None: ...
+
+    @property
+    def stderr(self) -> asyncio.StreamReader | None: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+
+async def run_captured(argv: list[str], *, limit: float) -> tuple[int, bytes, bytes]:
+    """Run ``argv`` to completion within ``limit`` seconds; return exit code, stdout and stderr."""
     process = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, start_new_session=True,
     )
+    return await captured(process, limit=limit)
+
+
+async def captured(process: OwnedProcess, *, limit: float) -> tuple[int, bytes, bytes]:
+    """Read ``process``'s stdout and stderr to the end and wait for its exit, within ``limit`` seconds.
+
+    On timeout or cancellation the process group is killed and reaped before the error propagates.
+    """
+    assert process.stdout is not None
+    assert process.stderr is not None
     try:
         async with asyncio.timeout(limit):
-            stdout, stderr = await process.communicate()
+            stdout, stderr = await asyncio.gather(process.stdout.read(), process.stderr.read())
+            code = await process.wait()
     finally:
         if process.returncode is None:
             kill_group(process.pid)
             await asyncio.shield(process.wait())
-    assert process.returncode is not None
-    return process.returncode, stdout, stderr
+    return code, stdout, stderr
