@@ -15,6 +15,7 @@ from django.conf import settings
 from downloads import ytdlp_helper
 from downloads.egress import FFMPEG_INPUT_OPTIONS, MEDIA_DEMUXERS
 from downloads.exceptions import InternalError, InvalidMediaError, TooManyPixelsError
+from downloads.media_child import thumbnail_time
 from downloads.subprocesses import captured, memory_limited, run_captured
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 PROBE_TIMEOUT = 60
 THUMBNAIL_TIMEOUT = 60
 THUMBNAIL_WIDTH = 640
+THUMBNAIL_NAME = "thumb.jpg"  # in the job's folder
 CONTENT_TYPES = {
     "mp4": "video/mp4", "m4v": "video/mp4", "mov": "video/quicktime", "webm": "video/webm",
     "mkv": "video/x-matroska", "m4a": "audio/mp4", "mp3": "audio/mpeg", "ogg": "audio/ogg",
@@ -121,7 +123,7 @@ async def examine(path: Path, *, into: Path) -> tuple[MediaInfo, Path | None]:
 async def _examine_forked(path: Path, *, into: Path) -> tuple[MediaInfo, Path | None]:
     if not path.is_absolute():
         raise InternalError(f"refusing to probe a relative path: {path}")
-    target = into / "thumb.jpg"
+    target = into / THUMBNAIL_NAME
     spec = {"path": str(path), "thumbnail": str(target), "max_pixels": settings.MEDIA_MAX_PIXELS,
             "width": THUMBNAIL_WIDTH, "memory": settings.MEDIA_CHILD_MEMORY or 0, "demuxers": list(MEDIA_DEMUXERS)}
     helper = await ytdlp_helper.helper()
@@ -154,13 +156,13 @@ async def thumbnail(path: Path, info: MediaInfo, *, into: Path) -> Path | None:
     """A JPEG from inside the video, or None: never fails the scene (audio only, odd streams, ffmpeg errors)."""
     if not info.has_video:
         return None
-    # The keyframe at or before a tenth of the way in, always inside the media (short clips, unknown
-    # durations). Keyframes only, and no decoding up to the exact time: a small clip's thumbnail then costs
-    # ffmpeg's start and one frame (about 40 ms less CPU a job), and a keyframe at or before the time always
-    # exists, where one after it may not (a clip with a single keyframe). -copyts: with timestamps shifted by
-    # the seek, that keyframe would fall before zero and be dropped.
-    at = min(info.duration * 0.1, max(info.duration - 0.1, 0)) if info.duration else 0
-    target = into / "thumb.jpg"
+    # The keyframe at or before the thumbnail's time. Keyframes only, and no decoding up to the exact time:
+    # a small clip's thumbnail then costs ffmpeg's start and one frame (about 40 ms less CPU a job), and a
+    # keyframe at or before the time always exists, where one after it may not (a clip with a single
+    # keyframe). -copyts: with timestamps shifted by the seek, that keyframe would fall before zero and be
+    # dropped.
+    at = thumbnail_time(info.duration)
+    target = into / THUMBNAIL_NAME
     argv = [settings.FFMPEG_PATH, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
             "-threads", "1", "-skip_frame", "nokey", "-noaccurate_seek", "-ss", f"{at:.3f}", "-copyts",
             *FFMPEG_INPUT_OPTIONS, "-i", f"file:{path}", "-frames:v", "1",

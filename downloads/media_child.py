@@ -74,6 +74,12 @@ def warm() -> None:
     av.codec.Codec("mjpeg", "w")  # the thumbnail's encoder, found once
 
 
+def thumbnail_time(duration: float | None) -> float:
+    """Where the thumbnail is sought, for both paths: a tenth of the way in, but always inside the media
+    (short clips, unknown durations)."""
+    return min(duration * 0.1, max(duration - 0.1, 0)) if duration else 0.0
+
+
 def _said(exc: BaseException, path: str) -> str:
     """FFmpeg's reason as ffprobe words it (``file:<path>: Invalid data found…``), so the scene's detail is
     the same on both paths; with the file's name only, as the full path is nobody's business."""
@@ -118,8 +124,7 @@ def _thumbnail(container: Any, video: Any, *, duration: str | None, width: int, 
     JPEG: what ``media.thumbnail`` asks of ffmpeg, through the same filters."""
     import av
 
-    seconds = float(duration) if duration else 0.0
-    at = min(seconds * 0.1, max(seconds - 0.1, 0))
+    at = thumbnail_time(float(duration) if duration else None)
     context = video.codec_context
     context.skip_frame = "NONKEY"
     context.thread_count = 1
