@@ -73,9 +73,10 @@ def _cpu_of(pid: int) -> tuple[float, float]:
 
 
 def _cpu_split(worker: int) -> dict[str, float]:
-    """CPU seconds so far, by who spent them: the worker itself, the media tools it ran and reaped (ffprobe,
-    ffmpeg, prlimit; on the plain path yt-dlp too), the yt-dlp helper and the job children it reaped, and the
-    rest of the benchmark's own tree (moto's S3 server, redis, this process with its media server)."""
+    """CPU seconds so far, by who spent them: the worker itself, the children it ran and reaped (on the plain
+    path: yt-dlp, ffprobe, ffmpeg, prlimit), the yt-dlp helper and the children it reaped (yt-dlp and the media
+    child of each job), and the rest of the benchmark's own tree (moto's S3 server, redis, this process with
+    its media server)."""
     helpers = set(ytdlp_helpers(worker))
     split = dict.fromkeys(("worker", "worker's children", "helper", "helper's children", "others"), 0.0)
     own, reaped = _cpu_of(worker)
@@ -84,8 +85,9 @@ def _cpu_split(worker: int) -> dict[str, float]:
         own, reaped = _cpu_of(pid)
         split["helper"] += own
         split["helper's children"] += reaped
+    workers_tree = {worker, *descendants_of(worker)}  # counted above, through the worker and its helper
     for pid in descendants_of(os.getpid()):
-        if pid != worker and pid not in helpers and pid not in descendants_of(worker):
+        if pid not in workers_tree:
             split["others"] += sum(_cpu_of(pid))
     times = os.times()
     split["others"] += times.user + times.system

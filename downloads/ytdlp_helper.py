@@ -1,5 +1,6 @@
-"""The worker's side of the yt-dlp helper (``downloads.ytdlp_forkserver``): one per worker process, started on
-first use, started again when it has died; each job is a child it forks, owned here like a subprocess.
+"""The worker's side of the yt-dlp helper (``downloads.ytdlp_forkserver``): one per worker process, started
+when an ingest worker is ready (or on first use), started again when it has died; each job is a child it
+forks, owned here like a subprocess.
 
 ``spawn`` returns a ``ForkedProcess`` with what ``downloads.ytdlp`` uses of ``asyncio.subprocess.Process``:
 ``pid`` (the leader of the job's own process group), ``stdout``/``stderr`` stream readers, ``wait()`` and
