@@ -3,6 +3,7 @@ subprocesses, and one child of the yt-dlp helper (``downloads.media_child``, FFm
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -18,11 +19,12 @@ from downloads.ytdlp_helper import Helper
 from tests.harness.services import REPO_ROOT
 
 
-@pytest.fixture(params=["plain", "helper"])
-async def way(request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    if request.param == "plain":
+@contextlib.asynccontextmanager
+async def _examining(way: str) -> AsyncIterator[None]:
+    """``media.examine`` on one path: ffprobe and ffmpeg (``plain``), or a helper of the test's own."""
+    if way == "plain":
         with mock.patch.object(ytdlp_helper, "in_use", return_value=False):
-            yield request.param
+            yield
         return
     async with Helper.running() as helper:
 
@@ -31,8 +33,14 @@ async def way(request: pytest.FixtureRequest) -> AsyncIterator[str]:
 
         with (mock.patch.object(ytdlp_helper, "in_use", return_value=True),
               mock.patch.object(ytdlp_helper, "helper", running)):
-            yield request.param
+            yield
         assert helper.starts == 1  # the helper did the work, not the fallback
+
+
+@pytest.fixture(params=["plain", "helper"])
+async def way(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    async with _examining(request.param):
+        yield request.param
 
 
 def _ffmpeg(*args: str) -> None:
@@ -97,14 +105,8 @@ async def test_both_ways_describe_a_file_alike(name: str, codecs: tuple[str, ...
     clip = _clip(tmp_path / name, size="320x180", seconds=2, audio=True, codecs=codecs)
     described = {}
     for way in ("plain", "helper"):
-        async with Helper.running() as helper:
-
-            async def running(helper: Helper = helper) -> Helper:
-                return helper
-
-            with (mock.patch.object(ytdlp_helper, "in_use", return_value=way == "helper"),
-                  mock.patch.object(ytdlp_helper, "helper", running)):
-                described[way], _ = await media.examine(clip, into=tmp_path)
+        async with _examining(way):
+            described[way], _ = await media.examine(clip, into=tmp_path)
 
     assert described["helper"] == described["plain"]
     assert (described["helper"].width, described["helper"].height) == (320, 180)
