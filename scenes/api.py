@@ -29,7 +29,7 @@ from rest_framework.views import APIView, exception_handler
 from scenes import selectors, services
 from scenes.lifecycle import SceneStateConflict
 from scenes.models import Project, Scene
-from scenes.serializers import SceneSerializer
+from scenes.serializers import FieldsBuiltOnce, SceneSerializer
 from scenes.validators import UrlRejected, validate_media_url
 
 
@@ -114,7 +114,7 @@ class Pagination(PageNumberPagination):
     max_page_size = 200
 
 
-class StoreSerializer(serializers.Serializer[Any]):
+class StoreSerializer(FieldsBuiltOnce, serializers.Serializer[Any]):
     url = serializers.CharField(max_length=10_000, trim_whitespace=True)
     project = serializers.CharField(required=False, allow_null=True, max_length=24)
     scene = serializers.CharField(required=False, allow_null=True, max_length=24)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from unittest import mock
 
+import pytest
 from django.test import RequestFactory
 from rest_framework import serializers
 
@@ -46,3 +47,59 @@ def test_the_models_fields_are_built_once_not_for_every_scene_shown():
 
     assert shown["title"] == "Again"
     assert build_field.call_count == 0
+
+
+def test_a_request_body_is_read_without_its_fields_built_again():
+    from scenes.api import StoreSerializer
+
+    StoreSerializer(data={"url": "https://example.com/warm.mp4"}).is_valid()
+
+    with mock.patch.object(serializers.Field, "__deepcopy__", autospec=True,
+                           side_effect=serializers.Field.__deepcopy__) as deepcopy:
+        body = StoreSerializer(data={"url": " https://example.com/v.mp4 ", "title": "A cat"})
+        valid = body.is_valid()
+
+    assert valid, body.errors
+    assert body.validated_data == {"url": "https://example.com/v.mp4", "title": "A cat"}
+    assert deepcopy.call_count == 0
+
+
+def test_each_request_body_gets_its_own_errors():
+    from scenes.api import StoreSerializer
+
+    bad = StoreSerializer(data={"url": "x" * 10_001})
+    good = StoreSerializer(data={"url": "https://example.com/v.mp4"})
+
+    assert (bad.is_valid(), good.is_valid()) == (False, True)
+    assert list(bad.errors) == ["url"]
+    assert good.errors == {}
+    assert good.validated_data["url"] == "https://example.com/v.mp4"
+
+
+def test_the_class_does_not_keep_the_first_scene_shown_alive():
+    import gc
+    import weakref
+
+    class Fresh(SceneSerializer):  # binds its own fields, so this one is the first
+        pass
+
+    serializer = Fresh(_scene("c" * 24, "First"), context={"request": _request("testserver")})
+    serializer.data  # noqa: B018
+    gone = weakref.ref(serializer)
+    del serializer
+    gc.collect()
+
+    assert gone() is None
+
+
+def test_a_nested_serializer_is_refused_as_a_field_bound_once():
+    from scenes.serializers import FieldsBuiltOnce
+
+    class Inner(serializers.Serializer):  # type: ignore[type-arg]
+        name = serializers.CharField()
+
+    class Outer(FieldsBuiltOnce, serializers.Serializer):  # type: ignore[type-arg]
+        inner = Inner()
+
+    with pytest.raises(TypeError, match="nested serializer"):
+        Outer(data={}).fields  # noqa: B018
