@@ -109,3 +109,19 @@ def test_publishing_reuses_one_redis_client_per_channel_and_pool(broker_url):
 
     assert (per_pool, after_new_pool) == (1, 2)
     assert redis.Redis.from_url(broker_url).llen("probe") == 4
+
+
+def test_celery_reads_djangos_settings_once_not_at_every_lookup():
+    # Publishing a task looks up about seven settings, each under up to four names in each source; through
+    # Django's lazy settings object every miss cost two exceptions (a sixth of a store request).
+    from unittest import mock
+
+    from django.conf import LazySettings
+
+    with mock.patch.object(LazySettings, "__getattr__", autospec=True,
+                           side_effect=LazySettings.__getattr__) as read:
+        eager, queue, acks_late = (celery_app.conf.task_always_eager, celery_app.conf.task_default_queue,
+                                   celery_app.conf.task_acks_late)
+
+    assert (eager, queue, acks_late) == (False, "celery", settings.CELERY_TASK_ACKS_LATE)
+    assert read.call_count == 0
