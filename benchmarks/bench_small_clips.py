@@ -95,10 +95,13 @@ def _cpu_split(worker: int) -> dict[str, float]:
 
 
 class _PeakMemory:
-    """Samples the tree's summed PSS and RSS twice a second in a thread; keeps the peaks."""
+    """Samples the tree's summed PSS and RSS twice a second in a thread; keeps the peaks, and at the peak of
+    RSS who held it: the worker, its yt-dlp helper, the helper's children (one yt-dlp and one media child
+    per job at most), and the worker's own children (the plain path's subprocesses)."""
 
     def __init__(self, root: int) -> None:
         self.root, self.pss, self.rss = root, 0, 0
+        self.at_peak = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -112,9 +115,22 @@ class _PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.5):
-            sizes = [_memory(pid) for pid in [self.root, *descendants_of(self.root)]]
+            helpers = set(ytdlp_helpers(self.root))
+            below_helpers = {pid for helper in helpers for pid in descendants_of(helper)}
+            by_whom: dict[str, list[tuple[int, int]]] = {}
+            for pid in [self.root, *descendants_of(self.root)]:
+                whom = ("worker" if pid == self.root else "helper" if pid in helpers
+                        else "helper's children" if pid in below_helpers else "worker's children")
+                by_whom.setdefault(whom, []).append(_memory(pid))
+            sizes = [size for held in by_whom.values() for size in held]
             self.pss = max(self.pss, sum(p for p, _ in sizes))
-            self.rss = max(self.rss, sum(r for _, r in sizes))
+            rss = sum(r for _, r in sizes)
+            if rss > self.rss:
+                self.rss = rss
+                self.at_peak = ", ".join(
+                    f"{whom} ({len(held)}) RSS {sum(r for _, r in held) / 1e6:.0f} "
+                    f"PSS {sum(p for p, _ in held) / 1e6:.0f}"
+                    for whom, held in by_whom.items())
 
 
 def _batch(*, mode: str, tree: Path, server: MediaServer, workdir: Path, database_url: str,
@@ -141,7 +157,7 @@ def _batch(*, mode: str, tree: Path, server: MediaServer, workdir: Path, databas
     per_job = {who: (cpu_after[who] - cpu_before[who]) / JOBS * 1000 for who in cpu_before}
     print(f"bench_small_clips {mode} batch {batch}: {JOBS / elapsed * 60:.1f} jobs/min; CPU ms per job: "
           + ", ".join(f"{who} {ms:.0f}" for who, ms in per_job.items())
-          + f"; total {sum(per_job.values()):.0f}", file=sys.stderr)
+          + f"; total {sum(per_job.values()):.0f}; at the peak of RSS (MB): {memory.at_peak}", file=sys.stderr)
     return JOBS / elapsed * 60, memory.pss, memory.rss
 
 
