@@ -103,3 +103,13 @@ def test_a_nested_serializer_is_refused_as_a_field_bound_once():
 
     with pytest.raises(TypeError, match="nested serializer"):
         Outer(data={}).fields  # noqa: B018
+
+
+def test_a_field_with_a_child_is_refused_as_a_field_bound_once():
+    from scenes.serializers import FieldsBuiltOnce
+
+    class Tags(FieldsBuiltOnce, serializers.Serializer):  # type: ignore[type-arg]
+        tags = serializers.ListField(child=serializers.CharField())
+
+    with pytest.raises(TypeError, match="a field with a child"):
+        Tags(data={}).fields  # noqa: B018
