@@ -144,7 +144,9 @@ def test_every_worker_process_is_warm_before_it_serves(gunicorn: Start, kind: st
 
 @pytest.mark.parametrize("kind", list(APPS))
 def test_a_broker_that_is_down_at_boot_only_costs_a_warning(gunicorn: Start, kind: str):
-    process, port = gunicorn(kind, multiproc_dir=None, env_extra={"CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    # Port 1, where nothing listens: a port found free may be taken by another test's server meanwhile, and
+    # one that accepts and never answers held each warm-up past gunicorn's worker timeout.
+    process, port = gunicorn(kind, multiproc_dir=None, env_extra={"CELERY_BROKER_URL": "redis://127.0.0.1:1/0"})
 
     warmed = _warmed_workers(process, 2)
     _store_refused(port)  # the web serves
