@@ -115,10 +115,11 @@ class _PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.5):
+            tree = descendants_of(self.root)  # first: a child forked after it is not in it, wherever it belongs
             helpers = set(ytdlp_helpers(self.root))
             below_helpers = {pid for helper in helpers for pid in descendants_of(helper)}
             by_whom: dict[str, list[tuple[int, int]]] = {}
-            for pid in [self.root, *descendants_of(self.root)]:
+            for pid in [self.root, *tree]:
                 whom = ("worker" if pid == self.root else "helper" if pid in helpers
                         else "helper's children" if pid in below_helpers else "worker's children")
                 by_whom.setdefault(whom, []).append(_memory(pid))
