@@ -209,6 +209,6 @@ def _reap(control: socket.socket, children: set[int]) -> None:
 def bootstrap(root: str, control_fd: int, *, extractors: str = "") -> str:
     """The ``-c`` program of the helper, with the repository importable whatever the working folder;
     ``extractors``: the jobs' ``--use-extractors``, imported before the first job asks for them."""
+    chosen = ["--use-extractors", extractors] if extractors else []
     return (f"import sys; sys.path.insert(0, {root!r}); from downloads import ytdlp_forkserver as s; "
-            f"s._warm(); s._warm_extractors(['--use-extractors', {extractors!r}] if {extractors!r} else []); "
-            f"sys.exit(s.serve({control_fd}))")
+            f"s._warm(); s._warm_extractors({chosen!r}); sys.exit(s.serve({control_fd}))")
