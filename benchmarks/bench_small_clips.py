@@ -25,7 +25,7 @@ from pathlib import Path
 
 from benchmarks.common import Result, ingest_and_wait, looped_video, s3_stack, scratch_dir
 from tests.harness.media import MediaServer, generate_media
-from tests.harness.processes import descendants_of, ytdlp_helpers
+from tests.harness.processes import descendants_of, process_table, ytdlp_helpers
 from tests.harness.services import REPO_ROOT
 
 JOBS = int(os.environ.get("BENCH_SMALL_CLIPS_JOBS", "100"))
@@ -77,7 +77,8 @@ def _cpu_split(worker: int) -> dict[str, float]:
     path: yt-dlp, ffprobe, ffmpeg, prlimit), the yt-dlp helper and the children it reaped (yt-dlp and the media
     child of each job), and the rest of the benchmark's own tree (moto's S3 server, redis, this process with
     its media server)."""
-    helpers = set(ytdlp_helpers(worker))
+    table = process_table()
+    helpers = set(ytdlp_helpers(worker, table=table))
     split = dict.fromkeys(("worker", "worker's children", "helper", "helper's children", "others"), 0.0)
     own, reaped = _cpu_of(worker)
     split["worker"], split["worker's children"] = own, reaped
@@ -85,8 +86,8 @@ def _cpu_split(worker: int) -> dict[str, float]:
         own, reaped = _cpu_of(pid)
         split["helper"] += own
         split["helper's children"] += reaped
-    workers_tree = {worker, *descendants_of(worker)}  # counted above, through the worker and its helper
-    for pid in descendants_of(os.getpid()):
+    workers_tree = {worker, *descendants_of(worker, table=table)}  # counted above, through the worker and its helper
+    for pid in descendants_of(os.getpid(), table=table):
         if pid not in workers_tree:
             split["others"] += sum(_cpu_of(pid))
     times = os.times()
@@ -115,9 +116,10 @@ class _PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.5):
-            tree = descendants_of(self.root)  # first: a child forked after it is not in it, wherever it belongs
-            helpers = set(ytdlp_helpers(self.root))
-            below_helpers = {pid for helper in helpers for pid in descendants_of(helper)}
+            table = process_table()  # one snapshot: the tree and who is below the helper agree
+            tree = descendants_of(self.root, table=table)
+            helpers = set(ytdlp_helpers(self.root, table=table))
+            below_helpers = {pid for helper in helpers for pid in descendants_of(helper, table=table)}
             by_whom: dict[str, list[tuple[int, int]]] = {}
             for pid in [self.root, *tree]:
                 whom = ("worker" if pid == self.root else "helper" if pid in helpers

@@ -116,10 +116,11 @@ def process_table() -> list[ProcessInfo]:
     return table
 
 
-def descendants_of(pid: int) -> list[int]:
-    """The pids of every process below ``pid`` (children, theirs, …), whatever session or group they are in."""
+def descendants_of(pid: int, *, table: list[ProcessInfo] | None = None) -> list[int]:
+    """The pids of every process below ``pid`` (children, theirs, …), whatever session or group they are in;
+    from ``table`` when given (one snapshot for several questions), else from /proc now."""
     children: dict[int, list[int]] = {}
-    for info in process_table():
+    for info in process_table() if table is None else table:
         children.setdefault(info.ppid, []).append(info.pid)
     found, queue = [], [pid]
     while queue:
@@ -133,9 +134,10 @@ def _live_helpers(table: list[ProcessInfo], parent: int) -> list[int]:
     return [p.pid for p in table if p.ppid == parent and p.state != "Z" and "ytdlp_forkserver" in p.cmdline]
 
 
-def ytdlp_helpers(parent: int) -> list[int]:
-    """The live yt-dlp helper processes that ``parent`` (a worker, or a test's own process) started."""
-    return _live_helpers(process_table(), parent)
+def ytdlp_helpers(parent: int, *, table: list[ProcessInfo] | None = None) -> list[int]:
+    """The live yt-dlp helper processes that ``parent`` (a worker, or a test's own process) started; from
+    ``table`` when given, else from /proc now."""
+    return _live_helpers(process_table() if table is None else table, parent)
 
 
 def ytdlp_jobs(worker_pid: int) -> dict[int, str]:
