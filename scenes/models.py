@@ -57,10 +57,13 @@ class Scene(ObjectIdModel):
     TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, null=True, blank=True, related_name="scenes")
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="scenes")
+    # No index of its own: scene_owner_status_idx starts with the owner and serves every lookup by owner.
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="scenes",
+                              db_index=False)
     source_url = models.URLField(max_length=2048)
 
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    # No index of its own either: scene_status_updated_idx starts with the status.
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     stage = models.CharField(max_length=16, choices=Stage.choices, default=Stage.NONE, blank=True)
     progress = models.PositiveSmallIntegerField(
         null=True, blank=True, validators=[MinValueValidator(0), MaxValueValidator(100)]
