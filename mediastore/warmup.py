@@ -1,6 +1,8 @@
 """A web worker process made ready before it takes its first request (``post_worker_init`` in
 ``mediastore/gunicorn_conf.py``; sync and uvicorn workers alike, never the Celery worker or a command).
 
+It also opens the process's idle SQLite connection (``mediastore.sqlite_wal``).
+
 Left to the first request, the store path imports the task modules (``downloads.tasks`` pulls in the
 pipeline and the object store's client, some 0.3 to 0.4 s of CPU), loads the result backend and opens the
 broker connection: the first store request in every worker paid for all of it, under load the tail of the
@@ -38,8 +40,20 @@ def warm_web_process() -> None:
         broker = "broker unreachable"
         logger.warning("web worker warm-up: the broker did not answer (%s); store requests still answer and "
                        "their tasks are sent by the sweeper until it does", exc)
-    logger.info("web worker warmed: %s imported, %s, in %d ms", ", ".join(LAZY_MODULES), broker,
+    database = _keep_wal_open()
+    logger.info("web worker warmed: %s imported, %s%s, in %d ms", ", ".join(LAZY_MODULES), broker, database,
                 (time.perf_counter() - started) * 1000)
+
+
+def _keep_wal_open() -> str:
+    from mediastore import sqlite_wal
+
+    try:
+        return ", SQLite WAL kept open" if sqlite_wal.keep_wal_open() else ""
+    except Exception as exc:  # sqlite3.Error: a file that cannot be opened fails the first request the same way
+        logger.warning("web worker warm-up: SQLite's WAL is not kept open (%s); each request's connection may "
+                       "checkpoint it when it closes", exc)
+        return ""
 
 
 def _connect_broker() -> None:

@@ -138,6 +138,7 @@ def test_every_worker_process_is_warm_before_it_serves(gunicorn: Start, kind: st
     _store_refused(port)
 
     assert all("downloads.tasks" in line and "broker connected" in line for line in warmed), process.log()
+    assert all("SQLite WAL kept open" in line for line in warmed), process.log()
     assert " INFO mediastore.warmup " in warmed[0]
     assert "Traceback" not in process.log()
 
