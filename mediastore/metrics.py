@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from django.conf import settings
@@ -36,12 +36,33 @@ from prometheus_client.metrics_core import Metric
 
 logger = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 WEBHOOK_DELIVERIES = Counter("mediastore_webhook_deliveries_total", "Webhook delivery attempts by outcome",
                              ["outcome"])
 
 
 def webhook_delivered(*, outcome: str) -> None:
     WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
+
+
+def _once(factory: Callable[[], _T]) -> Callable[[], _T]:
+    """Like ``functools.cache`` on a factory without arguments, except that two threads making the first call
+    at once get one object: the metrics register themselves on creation, and a second registration raises
+    ``DuplicateTimeseries`` (a 500 for one of a web process's first concurrent store requests)."""
+    lock = threading.Lock()
+    made: list[_T] = []
+
+    @functools.wraps(factory)
+    def get() -> _T:
+        if not made:
+            with lock:
+                if not made:
+                    made.append(factory())
+        return made[0]
+
+    get.cache_clear = made.clear  # type: ignore[attr-defined]  # as functools.cache's, for tests
+    return get
 
 
 # --- What the web measures -----------------------------------------------------------------------------------
@@ -55,7 +76,7 @@ class _Web:
                                        "Time to answer POST /api/v1/media/store")
 
 
-@functools.cache
+@_once
 def web() -> _Web:
     return _Web()
 
@@ -165,7 +186,7 @@ class _Worker:
         self.jobs_finished.labels(outcome="completed", error_code="")
 
 
-@functools.cache
+@_once
 def worker() -> _Worker:
     return _Worker()
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from unittest import mock
 
 import pytest
 import redis
@@ -74,6 +76,41 @@ def test_store_requests_are_counted_by_status_and_timed(client):
 def _collect(collector: metrics.QueueDepthCollector) -> Samples:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in collector.collect()
             for s in family.samples}
+
+
+def test_two_threads_making_the_first_call_get_one_set_of_web_metrics():
+    # A web process's first store requests may arrive together: a second set of metrics would register the
+    # same names again, which prometheus_client refuses (a 500 for that request).
+    original = metrics.web()
+    made: list[object] = []
+    start = threading.Barrier(2)
+
+    class SlowWeb:
+        def __init__(self) -> None:
+            made.append(self)
+            time.sleep(0.05)  # the other thread arrives meanwhile
+
+    got: list[object] = []
+
+    def first_call() -> None:
+        start.wait()
+        got.append(metrics.web())
+
+    metrics.web.cache_clear()
+    try:
+        with mock.patch.object(metrics, "_Web", SlowWeb):
+            threads = [threading.Thread(target=first_call) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        metrics.web.cache_clear()
+        with mock.patch.object(metrics, "_Web", return_value=original):
+            metrics.web()
+
+    assert len(made) == 1
+    assert got[0] is got[1]
 
 
 def test_queue_depth_counts_every_priority_list_of_the_queue(broker_url: str):
