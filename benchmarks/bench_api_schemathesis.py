@@ -38,9 +38,9 @@ def run(*, database_url: str) -> list[Result]:
     user, _ = get_user_model().objects.get_or_create(username="bench-schemathesis")
     token = api_token(user)
     with scratch_dir("api-schemathesis") as tmp, gunicorn_server(database_url=database_url,
-                                                                 workdir=Path(tmp)) as port:
-        short_code, short_time, _ = _schemathesis(port, token, 12, Path(tmp) / "short.txt")
-        code, elapsed, output = _schemathesis(port, token, 100, Path(tmp) / "long.txt")
+                                                                 workdir=Path(tmp)) as server:
+        short_code, short_time, _ = _schemathesis(server.port, token, 12, Path(tmp) / "short.txt")
+        code, elapsed, output = _schemathesis(server.port, token, 100, Path(tmp) / "long.txt")
     operations = re.search(r"(\d+) passed", output)
     failed = re.search(r"(\d+) failed", output)
     if code != 0 or short_code != 0:

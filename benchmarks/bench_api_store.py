@@ -5,6 +5,8 @@ Both endpoints are warmed first (a process's first request of a kind pays for im
 is not the steady state being compared), then measured in alternating rounds (trivial, store, trivial, …), so
 that a drift of the machine (the other engineers' work on the same 2 cores, the SQLite file growing) falls on
 both alike. p50/p99 and throughput are over all rounds of an endpoint; the note holds each round's raw figures.
+The gunicorn workers' CPU per request (user + system, from /proc) is reported too: it is what the throughput
+follows on these 2 shared cores, and moves less from round to round than the throughput does.
 Acceptance (issue 16): store p99 <= 1.5x and throughput >= 0.7x the trivial view's.
 """
 
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import requests
 
-from benchmarks.common import Result, gunicorn_server, scratch_dir
+from benchmarks.common import Result, cpu_seconds, gunicorn_server, scratch_dir
+from tests.harness.processes import descendants_of
 
 CLIENTS = 32
 WARM_SECONDS = 2.0
@@ -36,6 +39,7 @@ class _Endpoint:
     body: dict[str, str] | None
     latencies: list[float] = field(default_factory=list)
     rounds: list[tuple[int, float, float]] = field(default_factory=list)  # (requests, p50 ms, p99 ms)
+    cpu: list[tuple[float, float]] = field(default_factory=list)  # the server's (user, system) ms per request
     failures: Counter[int] = field(default_factory=Counter)
 
     @property
@@ -73,6 +77,18 @@ def _load(endpoint: _Endpoint, base: str, token: str, seconds: float) -> tuple[l
     return latencies, failures
 
 
+def _server_cpu(master: int) -> tuple[float, float]:
+    """User and system CPU seconds of gunicorn's workers so far (the master serves no request)."""
+    user = system = 0.0
+    for pid in descendants_of(master):
+        try:
+            used = cpu_seconds(pid)
+        except OSError:  # a worker that exited meanwhile
+            continue
+        user, system = user + used[0], system + used[1]
+    return user, system
+
+
 def _p(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] * 1000
 
@@ -86,16 +102,20 @@ def run(*, database_url: str) -> list[Result]:
     token = api_token(user)
     trivial = _Endpoint("GET", "/me", None)
     store = _Endpoint("POST", "/media/store", {"url": PUBLIC_URL})
-    with scratch_dir("api-store") as tmp, gunicorn_server(database_url=database_url, workdir=Path(tmp)) as port:
-        base = f"http://127.0.0.1:{port}/api/v1"
+    with scratch_dir("api-store") as tmp, gunicorn_server(database_url=database_url, workdir=Path(tmp)) as server:
+        base = f"http://127.0.0.1:{server.port}/api/v1"
         for endpoint in (trivial, store):
             _load(endpoint, base, token, WARM_SECONDS)
         for _ in range(ROUNDS):
             for endpoint in (trivial, store):
+                before = _server_cpu(server.pid)
                 latencies, failures = _load(endpoint, base, token, ROUND_SECONDS)
+                after = _server_cpu(server.pid)
                 endpoint.latencies += latencies
                 endpoint.failures.update(failures)
                 endpoint.rounds.append((len(latencies), _p(latencies, 50), _p(latencies, 99)))
+                endpoint.cpu.append(((after[0] - before[0]) / len(latencies) * 1000,
+                                     (after[1] - before[1]) / len(latencies) * 1000))
         log = (Path(tmp) / "gunicorn.log").read_text(errors="replace")
     if store.failures or trivial.failures:
         # Shown, not raised: the figures of a run with a few failures still say something; the note says how many.
@@ -106,6 +126,12 @@ def run(*, database_url: str) -> list[Result]:
         return "; ".join(f"{n / ROUND_SECONDS:.0f}/s p50 {p50:.1f} p99 {p99:.1f}" for n, p50, p99 in endpoint.rounds)
 
     print(f"bench_api_store rounds (req/s, ms): store: {raw(store)} | GET /me: {raw(trivial)}", file=sys.stderr)
+
+    def cpu(endpoint: _Endpoint) -> float:
+        return statistics.median(user + system for user, system in endpoint.cpu)
+
+    def raw_cpu(endpoint: _Endpoint) -> str:
+        return "; ".join(f"{user:.2f} + {system:.2f}" for user, system in endpoint.cpu)
 
     note = (f"{CLIENTS} clients, warmed {WARM_SECONDS:g}s each, then {ROUNDS} interleaved rounds x {ROUND_SECONDS:g}s "
             "each; gunicorn -w 4 (uvicorn), SQLite + Redis; client on the same 2 cores")
@@ -118,4 +144,8 @@ def run(*, database_url: str) -> list[Result]:
                "GET /me throughput, req/s", len(trivial.latencies) / trivial.seconds, "req/s",
                f"accept: ratio >= 0.7; {len(store.latencies)} stores, {len(trivial.latencies)} trivial requests; "
                f"failed: store {dict(store.failures)}, trivial {dict(trivial.failures)}"),
+        # What the throughput follows, with less of the machine's noise: the workers' CPU per answer.
+        Result("api_store", "store server CPU, ms per request", cpu(store), "GET /me server CPU, ms per request",
+               cpu(trivial), "ms", f"median of the rounds; lower is better; each round, user + system ms: "
+               f"store {raw_cpu(store)} | GET /me {raw_cpu(trivial)}"),
     ]

@@ -24,18 +24,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.common import Result, scratch_dir
+from benchmarks.common import Result, cpu_seconds, scratch_dir
 
 CLIENTS = 200
 RATE = 10  # changes per second while measuring the live side
 SECONDS = 10.0
 POLL_INTERVAL = 1.0
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime, all threads
+    return sum(cpu_seconds(pid))
 
 
 def _rss_mib(pid: int) -> float:

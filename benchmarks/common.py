@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -117,9 +118,15 @@ def looped_video(source: Path, target: Path, *, at_least: int) -> Path:
     return target
 
 
+@dataclass(frozen=True)
+class WebServer:
+    port: int
+    pid: int  # gunicorn's master; its workers are its children
+
+
 @contextmanager
-def gunicorn_server(*, database_url: str, workdir: Path) -> Iterator[int]:
-    """The web app under gunicorn (4 uvicorn workers) with its own redis broker, as in production; yields the port."""
+def gunicorn_server(*, database_url: str, workdir: Path) -> Iterator[WebServer]:
+    """The web app under gunicorn (4 uvicorn workers) with its own redis broker, as in production."""
     import sys
 
     from mediastore.runstack import web_command
@@ -135,9 +142,18 @@ def gunicorn_server(*, database_url: str, workdir: Path) -> Iterator[int]:
         server = ServiceProcess(argv, log_path=workdir / "gunicorn.log", env=env, cwd=REPO_ROOT)
         try:
             wait_until(lambda: port_open(port), timeout=30, what="gunicorn")
-            yield port
+            yield WebServer(port=port, pid=server.pid)
         finally:
             server.stop()
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds ``pid`` has used so far, all its threads (not its children's)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
 
 
 def tasks_per_second(task: object, count: int) -> float:
