@@ -25,14 +25,16 @@ _keeper: sqlite3.Connection | None = None
 
 def keep_wal_open() -> bool:
     """Open this process's idle connection on the default database, once; True when one is open."""
-    from django.db import connection
+    from django.db import DEFAULT_DB_ALIAS, connections
+    from django.db.backends.sqlite3.base import DatabaseWrapper
 
     global _keeper
-    if connection.vendor != "sqlite" or connection.is_in_memory_db():
+    connection = connections[DEFAULT_DB_ALIAS]
+    if not isinstance(connection, DatabaseWrapper) or connection.is_in_memory_db():
         return False
     with _lock:
         if _keeper is None:
-            _keeper = open_idle(connection.settings_dict["NAME"])
+            _keeper = open_idle(str(connection.settings_dict["NAME"]))
     return True
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection
 
 from mediastore import sqlite_wal
 
@@ -70,6 +70,6 @@ def test_the_web_process_opens_one_idle_connection_on_the_default_database():
 
 
 def test_no_idle_connection_on_mongodb():
-    with mock.patch.object(connection, "vendor", "mongodb"):
+    with mock.patch("django.db.connections", {DEFAULT_DB_ALIAS: mock.Mock(vendor="mongodb")}):
         assert sqlite_wal.keep_wal_open() is False
     assert sqlite_wal._keeper is None
