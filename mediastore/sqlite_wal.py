@@ -13,11 +13,8 @@ no-op on MongoDB and for an in-memory database.
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import threading
-
-logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _keeper: sqlite3.Connection | None = None
