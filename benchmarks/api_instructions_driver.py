@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-ROUNDS = 2
+ROUNDS = 4
 WARM = 20
 ENDPOINTS = {"me": ("GET", "/api/v1/me", None),
              "store": ("POST", "/api/v1/media/store", {"url": "http://93.184.216.34/video.mp4"})}

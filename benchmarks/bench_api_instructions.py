@@ -3,8 +3,11 @@
 ``bench_api_store`` measures both under load, where the machine's noise moves a round by 10 %. This counts the
 CPU instructions one request of each kind executes, which repeat within 1 %: the Django ASGI app is called in
 process as uvicorn calls it (``api_instructions_driver``), with a new thread and a new database connection per
-request as under uvicorn, SQLite and a real redis-server. Under load the throughput ratio follows the inverse
-of this ratio, a few hundredths lower: uvicorn, the client and the kernel are not counted here. Needs valgrind;
+request as under uvicorn, SQLite and a real redis-server. Each figure is the mean over its blocks, not the
+lowest: a full garbage collection (about 50 M instructions) falls in some store blocks and not others, and is
+part of what a request costs. Under load the store request's extra instructions cost more time than /me's
+(``bench_api_store``'s server CPU ratio was about 1.6 where this one is 1.5), so this ratio is a floor for
+that one, not a prediction; uvicorn, the client and the kernel are not counted here. Needs valgrind;
 reports nothing without it.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -56,9 +60,9 @@ def run(*, database_url: str) -> list[Result]:
         counts = _counts(folder)
     if len(counts.get("me", [])) != ROUNDS or len(counts.get("store", [])) != ROUNDS:
         raise RuntimeError(f"expected {ROUNDS} blocks of each endpoint, got {counts}")
-    me, store = min(counts["me"]), min(counts["store"])
+    me, store = statistics.mean(counts["me"]), statistics.mean(counts["store"])
     raw = "; ".join(f"{name}: " + ", ".join(f"{n / 1e6:.2f}" for n in blocks) for name, blocks in counts.items())
     return [Result("api_instructions", "POST /media/store, M instructions per request", store / 1e6,
                    "GET /me, M instructions per request", me / 1e6, "M",
-                   f"lower is better; ratio <= 1.43 is what throughput >= 0.7x needs; {PER_BLOCK} requests per "
-                   f"block, lowest of {ROUNDS} blocks; every block (M): {raw}")]
+                   f"lower is better; {PER_BLOCK} requests per block, mean of {ROUNDS} blocks; every block (M): "
+                   f"{raw}")]
