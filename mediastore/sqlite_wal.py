@@ -39,6 +39,9 @@ def open_idle(path: str) -> sqlite3.Connection:
     """A connection on ``path`` that has joined its WAL and holds no transaction."""
     keeper = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
+        # WAL mode first, as every Django connection sets it (``mediastore.databases``): on a file still in
+        # rollback mode (new, not migrated yet) this connection would hold nothing once its read ended.
+        keeper.execute("PRAGMA journal_mode=WAL").fetchall()
         # A connection joins the WAL (maps its index, takes its shared lock) on its first read of the file.
         keeper.execute("SELECT count(*) FROM sqlite_master").fetchall()
     except sqlite3.Error:

@@ -138,9 +138,18 @@ def test_every_worker_process_is_warm_before_it_serves(gunicorn: Start, kind: st
     _store_refused(port)
 
     assert all("downloads.tasks" in line and "broker connected" in line for line in warmed), process.log()
-    assert all("SQLite WAL kept open" in line for line in warmed), process.log()
     assert " INFO mediastore.warmup " in warmed[0]
     assert "Traceback" not in process.log()
+
+
+def test_every_worker_process_holds_the_databases_wal_open(gunicorn: Start, tmp_path: Path):
+    process, _ = gunicorn(multiproc_dir=None)
+
+    warmed = _warmed_workers(process, 2)
+
+    assert all("SQLite WAL kept open" in line for line in warmed), process.log()
+    # Nothing else has opened the (new) database: the WAL is there because the idle connections hold it.
+    assert (tmp_path / "data" / "db.sqlite3-wal").exists()
 
 
 @pytest.mark.parametrize("kind", list(APPS))

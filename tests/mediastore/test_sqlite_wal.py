@@ -43,6 +43,23 @@ def test_with_the_idle_connection_open_a_request_that_closes_leaves_the_wal(data
         keeper.close()
 
 
+def test_the_idle_connection_keeps_the_wal_of_a_file_not_yet_in_wal_mode(tmp_path: Path):
+    # A new database, before migrate: the first request's connection is the one that switches it to WAL.
+    path = tmp_path / "new.sqlite3"
+    with closing(sqlite3.connect(path, isolation_level=None)) as setup:
+        setup.execute("CREATE TABLE t (x)")
+    keeper = sqlite_wal.open_idle(str(path))
+    try:
+        request = sqlite3.connect(path, isolation_level=None)
+        request.execute("PRAGMA journal_mode=WAL")  # as Django's init_command does
+        request.execute("INSERT INTO t VALUES (1)")
+        request.close()
+
+        assert path.with_name("new.sqlite3-wal").exists()
+    finally:
+        keeper.close()
+
+
 def test_the_idle_connection_does_not_stop_a_checkpoint_from_copying_every_frame(database: Path):
     keeper = sqlite_wal.open_idle(str(database))
     try:
