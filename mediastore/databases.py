@@ -17,6 +17,9 @@ from django.core.exceptions import ImproperlyConfigured
 
 MONGODB_SCHEMES = ("mongodb", "mongodb+srv")
 
+# Bytes of WAL SQLite keeps after a checkpoint; the usual size is about 4 MB (1000 pages between checkpoints).
+SQLITE_WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
 # A dead MongoDB must fail a request or a start-up in seconds, not after pymongo's 30 s default.
 MONGODB_SERVER_SELECTION_TIMEOUT_MS = 5000
 MONGODB_CONNECT_TIMEOUT_MS = 5000
@@ -78,8 +81,11 @@ def _sqlite(path: Path, *, data_dir: Path) -> DatabaseConfig:
             "OPTIONS": {
                 # The worker and the web process write the same file: WAL lets readers run beside a
                 # writer, IMMEDIATE takes the write lock up front so two writers queue on the timeout
-                # instead of failing with "database is locked" halfway through a transaction.
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                # instead of failing with "database is locked" halfway through a transaction. The WAL is
+                # never deleted while a web process runs (``mediastore.sqlite_wal``): the size limit makes
+                # SQLite cut it back after a checkpoint, once a long reader has let it grow.
+                "init_command": ("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
+                                 f"PRAGMA journal_size_limit={SQLITE_WAL_SIZE_LIMIT};"),
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 30,
             },

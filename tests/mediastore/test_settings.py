@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from mediastore.databases import MONGODB_SERVER_SELECTION_TIMEOUT_MS, database_config
+from mediastore.databases import MONGODB_SERVER_SELECTION_TIMEOUT_MS, SQLITE_WAL_SIZE_LIMIT, database_config
 from mediastore.env import parse_duration, parse_size
 from tests.harness.services import REPO_ROOT
 
@@ -35,6 +35,13 @@ def test_unset_database_url_means_sqlite_in_data_dir(tmp_path: Path):
 def test_sqlite_connections_are_not_kept_across_requests(tmp_path: Path):
     # The web's uvicorn workers give each request a new thread: a persistent connection is never reused.
     assert database_config(None, data_dir=tmp_path, database_name=None).default["CONN_MAX_AGE"] == 0
+
+
+def test_sqlite_connections_bound_the_wal_they_keep(tmp_path: Path):
+    done = _start({}, tmp_path, "from django.db import connection; "
+                                "print(connection.cursor().execute('PRAGMA journal_size_limit').fetchone()[0])")
+
+    assert done.stdout.split() == [str(SQLITE_WAL_SIZE_LIMIT)], done.stderr
 
 
 def test_sqlite_url_names_the_file(tmp_path: Path):
