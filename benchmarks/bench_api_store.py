@@ -85,7 +85,7 @@ def _server_cpu(master: int) -> tuple[float, float]:
             used = cpu_seconds(pid)
         except OSError:  # a worker that exited meanwhile
             continue
-        user, system = user + used[0], system + used[1]
+        user, system = user + used.user, system + used.system
     return user, system
 
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.common import Result, ingest_and_wait, looped_video, s3_stack, scratch_dir
+from benchmarks.common import Result, cpu_seconds, ingest_and_wait, looped_video, s3_stack, scratch_dir
 from tests.harness.media import MediaServer, generate_media
 from tests.harness.processes import descendants_of, process_table, ytdlp_helpers
 from tests.harness.services import REPO_ROOT
@@ -64,12 +64,10 @@ def _memory(pid: int) -> tuple[int, int]:
 def _cpu_of(pid: int) -> tuple[float, float]:
     """(own, reaped children's) CPU seconds of ``pid``; (0, 0) once it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        used = cpu_seconds(pid)
     except OSError:
         return 0.0, 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    utime, stime, cutime, cstime = (int(f) / tick for f in fields[11:15])
-    return utime + stime, cutime + cstime
+    return used.user + used.system, used.reaped
 
 
 def _cpu_split(worker: int) -> dict[str, float]:

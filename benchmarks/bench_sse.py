@@ -33,7 +33,8 @@ POLL_INTERVAL = 1.0
 
 
 def _cpu_seconds(pid: int) -> float:
-    return sum(cpu_seconds(pid))
+    used = cpu_seconds(pid)
+    return used.user + used.system
 
 
 def _rss_mib(pid: int) -> float:

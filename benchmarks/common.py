@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from tests.harness.services import (
     REPO_ROOT,
@@ -150,10 +151,17 @@ def gunicorn_server(*, database_url: str, workdir: Path) -> Iterator[WebServer]:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds ``pid`` has used so far, all its threads (not its children's)."""
+class CpuSeconds(NamedTuple):
+    user: float  # all of the process's threads
+    system: float
+    reaped: float  # user + system of the children it has waited for
+
+
+def cpu_seconds(pid: int) -> CpuSeconds:
+    """The CPU seconds ``pid`` has used so far, from /proc (``OSError`` once it is gone)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
+    utime, stime, cutime, cstime = (int(f) / _TICK for f in fields[11:15])
+    return CpuSeconds(user=utime, system=stime, reaped=cutime + cstime)
 
 
 def tasks_per_second(task: object, count: int) -> float:
