@@ -82,7 +82,6 @@ def test_broker_retry_sleep_yields_to_other_greenlets_in_a_gevent_worker():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-
 def test_publishing_reuses_one_redis_client_per_channel_and_pool(broker_url):
     # kombu built a redis-py client for every message published: a quarter of a store request's publish.
     from unittest import mock

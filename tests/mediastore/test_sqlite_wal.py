@@ -19,8 +19,10 @@ def database(tmp_path: Path) -> Path:
 
 
 def _write_and_close(path: Path) -> None:
-    # As a request does: its own connection, one INSERT that commits, closed at the end.
+    # As a request does: its own connection (in WAL mode, as Django's init_command sets), one INSERT that
+    # commits, closed at the end.
     request = sqlite3.connect(path, isolation_level=None)
+    request.execute("PRAGMA journal_mode=WAL")
     request.execute("INSERT INTO t VALUES (randomblob(500))")
     request.close()
 
@@ -44,16 +46,13 @@ def test_with_the_idle_connection_open_a_request_that_closes_leaves_the_wal(data
 
 
 def test_the_idle_connection_keeps_the_wal_of_a_file_not_yet_in_wal_mode(tmp_path: Path):
-    # A new database, before migrate: the first request's connection is the one that switches it to WAL.
+    # A new database, before migrate, still in rollback mode.
     path = tmp_path / "new.sqlite3"
     with closing(sqlite3.connect(path, isolation_level=None)) as setup:
         setup.execute("CREATE TABLE t (x)")
     keeper = sqlite_wal.open_idle(str(path))
     try:
-        request = sqlite3.connect(path, isolation_level=None)
-        request.execute("PRAGMA journal_mode=WAL")  # as Django's init_command does
-        request.execute("INSERT INTO t VALUES (1)")
-        request.close()
+        _write_and_close(path)  # the first request switches the file to WAL
 
         assert path.with_name("new.sqlite3-wal").exists()
     finally:
