@@ -8,6 +8,7 @@ from django.contrib.auth.models import User
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from mediastore.prepared import PreparedCount
 from scenes.models import PendingDeletion, Project, Scene
 
 
@@ -31,14 +32,15 @@ def scene_list(
     return scenes
 
 
-# Built once: every store request counts. Building the `status__in` filter each time, and filtering on the
-# owner object rather than its id, took a third of the count's CPU.
-_ACTIVE = Scene.objects.filter(status__in=[Scene.Status.QUEUED, Scene.Status.PROCESSING])
+# Every store request counts: the ORM's statement is made once (``PreparedCount``), not per request. No user
+# has the placeholder's id: ids count up from 1 on SQL databases.
+_ACTIVE = PreparedCount(Scene.objects.filter(status__in=[Scene.Status.QUEUED, Scene.Status.PROCESSING]),
+                        field="owner_id", placeholder=-1)
 
 
 def active_count(*, owner: User) -> int:
     """How many of the owner's scenes are queued or processing."""
-    return _ACTIVE.filter(owner_id=owner.pk).count()
+    return _ACTIVE(owner.pk)
 
 
 def scene_owned(*, owner: User, scene_id: str) -> Scene | None:
