@@ -351,6 +351,8 @@ async def download(url: str, *, job_dir: Path, on_progress: ProgressCallback | N
     argv = build_argv(url, job_dir=job_dir, max_filesize=max_filesize)
     started = time.monotonic()
     process = await _start(argv, env=guard_env(policy))
+    # With the line at its exit, a job that hangs shows where: whether yt-dlp ever started.
+    logger.info("yt-dlp %d started for %s", process.pid, clean(url, 200))
 
     def kill(verdict: MediastoreError) -> None:
         if run.verdict is None:

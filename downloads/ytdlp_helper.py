@@ -31,7 +31,10 @@ logger = logging.getLogger(__name__)
 
 _REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 SHARED_KEY = "ytdlp-helper"
-START_TIMEOUT = 60.0
+# How long a job waits for the helper to take it and fork its child: milliseconds normally, the helper's imports
+# on its first job (about 1 s). A helper that has not answered by then is stuck; waiting on would hold the job
+# until the task's time limit, hours away.
+FORK_TIMEOUT = 60.0
 
 
 class HelperUnavailable(OSError):
@@ -99,21 +102,22 @@ class Helper:
         err_read, err_write = os.pipe()
         stdin = os.open(os.devnull, os.O_RDONLY)
         try:
-            message = json.dumps({"job": job, "program": program, "argv": argv, "env": env}).encode()
-            await self._send(control, message, [stdin, out_write, err_write])
-        except BaseException:
+            async with asyncio.timeout(FORK_TIMEOUT):
+                try:
+                    message = json.dumps({"job": job, "program": program, "argv": argv, "env": env}).encode()
+                    await self._send(control, message, [stdin, out_write, err_write])
+                finally:  # the child has its own copies: ours would keep the pipes from ending
+                    for fd in (stdin, out_write, err_write):
+                        bridge.native_close(fd)
+                pid, exited = await forked
+        except BaseException as exc:
             self._forks.pop(job, None)
             bridge.native_close(out_read)
             bridge.native_close(err_read)
-            raise
-        finally:  # the child has its own copies: ours would keep the pipes from ending
-            for fd in (stdin, out_write, err_write):
-                bridge.native_close(fd)
-        try:
-            pid, exited = await forked
-        except BaseException:
-            bridge.native_close(out_read)
-            bridge.native_close(err_read)
+            if isinstance(exc, TimeoutError):
+                await asyncio.shield(self._stop_stuck(control))
+                raise HelperUnavailable(f"the yt-dlp helper did not take a job within {FORK_TIMEOUT:g} s; it is "
+                                        "stopped, and the next job starts a new one") from exc
             raise
         exited.add_done_callback(bridge.own_child(pid))
         from downloads.ytdlp import LINE_LIMIT
@@ -127,6 +131,20 @@ class Helper:
             streams.append(reader)
             transports.append(transport)
         return ForkedProcess(pid=pid, stdout=streams[0], stderr=streams[1], exited=exited, transports=transports)
+
+    async def _stop_stuck(self, control: socket.socket) -> None:
+        """End the helper behind ``control``, which does not answer, unless it has ended already. Once its
+        reader has seen the socket close, the children it reported are killed and the other jobs waiting for it
+        fail over to plain subprocesses; the next job starts a new helper."""
+        process, reader = self._process, self._reader
+        if self._control is not control or process is None or reader is None:
+            return
+        logger.warning("yt-dlp helper %d did not take a job within %g s; killing it", process.pid, FORK_TIMEOUT)
+        with contextlib.suppress(OSError):
+            control.shutdown(socket.SHUT_RDWR)  # our reader sees the end now, whatever the helper does
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await asyncio.wait([reader])
 
     async def start(self) -> None:
         """Start the helper now if it is not running (the worker does at start-up, so its first job does not

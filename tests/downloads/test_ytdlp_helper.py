@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from downloads import egress, ytdlp, ytdlp_guard
+from downloads import egress, ytdlp, ytdlp_guard, ytdlp_helper
 from downloads.subprocesses import kill_group
-from downloads.ytdlp_helper import ForkedProcess, Helper
+from downloads.ytdlp_helper import ForkedProcess, Helper, HelperUnavailable
 from tests.harness.processes import process_table, silent_port, ytdlp_helpers
 from tests.harness.services import REPO_ROOT
 
@@ -113,6 +113,22 @@ async def test_a_dead_helper_kills_its_running_jobs_and_the_next_job_starts_a_ne
     assert (again, helper.starts) == (0, 2)
     assert out.strip()
     assert _helper_pid() != first
+
+
+async def test_a_helper_that_does_not_take_a_job_is_killed_and_the_next_job_starts_a_new_one(
+        helper: Helper, monkeypatch: pytest.MonkeyPatch):
+    await helper.start()
+    stuck = _helper_pid()
+    os.kill(stuck, signal.SIGSTOP)  # alive, but it reads nothing
+    monkeypatch.setattr(ytdlp_helper, "FORK_TIMEOUT", 1.0)
+
+    with pytest.raises(HelperUnavailable, match="did not take a job within 1 s"):
+        await _spawn(helper, "--version")
+    out, _, code = await _finish(await _spawn(helper, "--version"))
+
+    assert not any(p.pid == stuck and p.state != "Z" for p in process_table())
+    assert (code, helper.starts) == (0, 2)
+    assert out.strip()
 
 
 async def test_closing_the_helper_ends_it_and_its_jobs(silent_url: str):
