@@ -39,6 +39,12 @@ def ingest(owner: Any, url: str, *, timeout: float = 90) -> Scene:
 
     scene = services.scene_create(owner=owner, source_url=url)
     download_media_task.delay(scene.pk)
-    wait_until(lambda: Scene.objects.get(pk=scene.pk).is_terminal, timeout=timeout, interval=0.2,
-               what=f"scene {scene.pk} to finish")
+    try:
+        wait_until(lambda: Scene.objects.get(pk=scene.pk).is_terminal, timeout=timeout, interval=0.2,
+                   what=f"scene {scene.pk} to finish")
+    except TimeoutError as exc:
+        # Where it stopped, for a hang seen once in a while: the stage, and whether its heartbeat still ran.
+        now = Scene.objects.get(pk=scene.pk)
+        raise TimeoutError(f"{exc}; it is {now.status}, stage {now.stage!r} at {now.progress}%, attempt "
+                           f"{now.attempts}, last written {now.updated_at.isoformat()}") from exc
     return Scene.objects.get(pk=scene.pk)
