@@ -124,3 +124,12 @@ def test_celery_reads_djangos_settings_once_not_at_every_lookup():
 
     assert (eager, queue, acks_late) == (False, "celery", settings.CELERY_TASK_ACKS_LATE)
     assert read.call_count == 0
+
+
+def test_a_worker_start_warns_of_no_deprecated_setting():
+    # Under the CELERY namespace, the names Celery 3 also had (CELERY_ACCEPT_CONTENT, …) were taken for its old
+    # ones: every worker's start logged five deprecation warnings for settings written the new way.
+    assert celery_app.conf.task_serializer == settings.CELERY_TASK_SERIALIZER  # configured by now
+
+    assert celery_app.conf.deprecated_settings == set()
+    assert celery_app.conf.maybe_warn_deprecated_settings() is False
