@@ -130,9 +130,11 @@ def scene_cancel(*, scene: Scene) -> Scene:
     ``cancelled`` within a couple of seconds: the live message below, or its next heartbeat). A finished
     scene raises ``SceneStateConflict``."""
     status = lifecycle.cancel(scene_id=scene.pk)
+    # Read before the workers are told: outside a transaction they are told at once, and a quick worker could
+    # write ``cancelled`` before this read. The answer is what this request did: the cancel asked for.
+    scene.refresh_from_db()
     if status == Status.PROCESSING:
         transaction.on_commit(lambda: _tell_workers_to_cancel(scene_id=scene.pk))
-    scene.refresh_from_db()
     return scene
 
 
