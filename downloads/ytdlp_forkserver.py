@@ -15,7 +15,8 @@ subprocess would (``ytdlp_guard.main`` with today's argument list), so every job
 It also forks the job's media child (``downloads.media_child``: the probe and the thumbnail with PyAV),
 which would otherwise be two ffmpeg processes that each spend most of their CPU linking FFmpeg's libraries.
 
-Protocol, one JSON object per ``SOCK_SEQPACKET`` message on the control socket: the worker sends
+Protocol, one JSON object per ``SOCK_SEQPACKET`` message on the control socket: this process says
+``{"ready": pid}`` once it has imported what jobs need and takes them; the worker sends
 ``{"job": n, "program": "ytdlp" or "media", "argv": [...], "env": {...}}`` with three file descriptors
 (stdin, stdout, stderr); this process answers ``{"job": n, "pid": p}`` once forked (or
 ``{"job": n, "error": "..."}``), and ``{"pid": p, "code": c}`` when the child has exited (``c`` as
@@ -144,6 +145,7 @@ def serve(control_fd: int) -> int:
     selector = selectors.DefaultSelector()
     selector.register(control, selectors.EVENT_READ)
     selector.register(wake_read, selectors.EVENT_READ)
+    _send(control, {"ready": os.getpid()})
     try:
         while True:
             for key, _ in selector.select():

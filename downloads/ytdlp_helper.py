@@ -31,9 +31,10 @@ logger = logging.getLogger(__name__)
 
 _REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 SHARED_KEY = "ytdlp-helper"
-# How long a job waits for the helper to take it and fork its child: milliseconds normally, the helper's imports
-# on its first job (about 1 s). A helper that has not answered by then is stuck; waiting on would hold the job
-# until the task's time limit, hours away.
+# How long a job waits for the helper: for it to be ready (its imports: about 1 s, far longer on a loaded
+# machine), then for it to take the job and fork its child (milliseconds, even behind a hundred others). A helper
+# that has not answered by then is stuck; waiting on would hold the job until the task's time limit, hours away.
+START_TIMEOUT = 120.0
 FORK_TIMEOUT = 60.0
 
 
@@ -66,12 +67,20 @@ class ForkedProcess:
             transport.close()
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():  # a level-triggered poll may call again before the waiter runs
+        waiter.set_result(None)
+
+
 class Helper:
     def __init__(self) -> None:
         self._process: asyncio.subprocess.Process | None = None
         self._control: socket.socket | None = None
         self._reader: asyncio.Task[None] | None = None
         self._started: asyncio.Lock | None = None
+        self._ready: asyncio.Event | None = None  # the running helper has imported what jobs need
+        self._sending: asyncio.Lock | None = None
+        self._room: asyncio.Future[None] | None = None  # the sender waiting for room on the socket
         # job number -> the child's pid and its exit code to come: together, as a child may have exited (and
         # its exit been read) before the job that started it runs again
         self._forks: dict[int, asyncio.Future[tuple[int, asyncio.Future[int]]]] = {}
@@ -93,7 +102,7 @@ class Helper:
         """Start ``argv`` as a forked child with ``env``: the arguments of ``ytdlp_guard.main`` (``program``
         ``ytdlp``) or of ``media_child.main`` (``media``)."""
         loop = asyncio.get_running_loop()
-        control = await self._ensure_started()
+        control, ready = await self._ensure_started()
         self._jobs += 1
         job = self._jobs
         forked: asyncio.Future[tuple[int, asyncio.Future[int]]] = loop.create_future()
@@ -101,23 +110,29 @@ class Helper:
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
         stdin = os.open(os.devnull, os.O_RDONLY)
+        theirs = [stdin, out_write, err_write]
+        waited = f"was not ready within {START_TIMEOUT:g} s"
         try:
+            async with asyncio.timeout(START_TIMEOUT):
+                await ready.wait()
+            waited = f"did not take a job within {FORK_TIMEOUT:g} s"
             async with asyncio.timeout(FORK_TIMEOUT):
                 try:
                     message = json.dumps({"job": job, "program": program, "argv": argv, "env": env}).encode()
-                    await self._send(control, message, [stdin, out_write, err_write])
+                    await self._send(control, message, theirs)
                 finally:  # the child has its own copies: ours would keep the pipes from ending
-                    for fd in (stdin, out_write, err_write):
+                    for fd in theirs:
                         bridge.native_close(fd)
+                    theirs = []
                 pid, exited = await forked
         except BaseException as exc:
             self._forks.pop(job, None)
-            bridge.native_close(out_read)
-            bridge.native_close(err_read)
+            for fd in (*theirs, out_read, err_read):
+                bridge.native_close(fd)
             if isinstance(exc, TimeoutError):
-                await asyncio.shield(self._stop_stuck(control))
-                raise HelperUnavailable(f"the yt-dlp helper did not take a job within {FORK_TIMEOUT:g} s; it is "
-                                        "stopped, and the next job starts a new one") from exc
+                await asyncio.shield(self._stop_stuck(control, waited))
+                raise HelperUnavailable(f"the yt-dlp helper {waited}; it is stopped, and the next job starts a new "
+                                        "one") from exc
             raise
         exited.add_done_callback(bridge.own_child(pid))
         from downloads.ytdlp import LINE_LIMIT
@@ -132,14 +147,14 @@ class Helper:
             transports.append(transport)
         return ForkedProcess(pid=pid, stdout=streams[0], stderr=streams[1], exited=exited, transports=transports)
 
-    async def _stop_stuck(self, control: socket.socket) -> None:
+    async def _stop_stuck(self, control: socket.socket, waited: str) -> None:
         """End the helper behind ``control``, which does not answer, unless it has ended already. Once its
         reader has seen the socket close, the children it reported are killed and the other jobs waiting for it
         fail over to plain subprocesses; the next job starts a new helper."""
         process, reader = self._process, self._reader
         if self._control is not control or process is None or reader is None:
             return
-        logger.warning("yt-dlp helper %d did not take a job within %g s; killing it", process.pid, FORK_TIMEOUT)
+        logger.warning("yt-dlp helper %d %s; killing it", process.pid, waited)
         with contextlib.suppress(OSError):
             control.shutdown(socket.SHUT_RDWR)  # our reader sees the end now, whatever the helper does
         with contextlib.suppress(ProcessLookupError):
@@ -153,31 +168,46 @@ class Helper:
 
     async def _send(self, control: socket.socket, message: bytes, fds: list[int]) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                socket.send_fds(control, [message], fds)
-                return
-            except BlockingIOError:
-                ready = loop.create_future()
-                loop.add_writer(control, ready.set_result, None)
+        if self._sending is None:
+            self._sending = asyncio.Lock()
+        # One job at a time waits for room on the socket: asyncio keeps a single writer callback per socket, the
+        # last one added, so of several jobs waiting at once only the last would ever have been woken.
+        async with self._sending:
+            while True:
                 try:
-                    await ready
-                finally:
-                    loop.remove_writer(control)
-            except OSError as exc:
-                raise HelperUnavailable(f"the yt-dlp helper is not taking jobs: {exc}") from exc
+                    socket.send_fds(control, [message], fds)
+                    return
+                except BlockingIOError:
+                    room = self._room = loop.create_future()
+                    loop.add_writer(control, _wake, room)
+                    try:
+                        await room
+                    finally:
+                        self._room = None
+                        with contextlib.suppress(ValueError):  # closed meanwhile (the helper was lost)
+                            loop.remove_writer(control)
+                except OSError as exc:
+                    raise HelperUnavailable(f"the yt-dlp helper is not taking jobs: {exc}") from exc
 
-    async def _ensure_started(self) -> socket.socket:
+    async def _ensure_started(self) -> tuple[socket.socket, asyncio.Event]:
         if self._started is None:
             self._started = asyncio.Lock()
         async with self._started:
             if self._control is None or self._process is None or self._process.returncode is not None:
+                if self._reader is not None and not self._reader.done():
+                    # The helper has exited, but its reader has not seen the socket close yet. It ends that
+                    # helper's jobs when it does: let it, before the new helper has jobs it would end too.
+                    if self._control is not None:
+                        with contextlib.suppress(OSError):
+                            self._control.shutdown(socket.SHUT_RDWR)
+                    await asyncio.wait([self._reader])
                 # In a context of its own: the helper is the worker's, not a child of the run that needed it
                 # first (whose hard limit would kill it).
                 start = asyncio.get_running_loop().create_task(self._start(), context=contextvars.Context())
                 await asyncio.shield(start)
             assert self._control is not None
-            return self._control
+            assert self._ready is not None
+            return self._control, self._ready
 
     async def _start(self) -> None:
         ours, theirs = bridge.native_socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -197,20 +227,26 @@ class Helper:
         finally:
             theirs.close()
         ours.setblocking(False)
-        self._process, self._control = process, ours
+        ready = asyncio.Event()
+        self._process, self._control, self._ready = process, ours, ready
         self.starts += 1
-        self._reader = asyncio.get_running_loop().create_task(self._read(ours, process), name="yt-dlp helper")
+        self._reader = asyncio.get_running_loop().create_task(self._read(ours, process, ready), name="yt-dlp helper")
         logger.info("yt-dlp helper %d started (start %d)", process.pid, self.starts)
 
-    async def _read(self, control: socket.socket, process: asyncio.subprocess.Process) -> None:
+    async def _read(self, control: socket.socket, process: asyncio.subprocess.Process, ready: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         try:
             while data := await loop.sock_recv(control, ytdlp_forkserver.MAX_MESSAGE):
-                self._dispatch(json.loads(data))
+                message = json.loads(data)
+                if "ready" in message:
+                    ready.set()
+                else:
+                    self._dispatch(message)
         except OSError:
             pass
         finally:
             self._lost(control, process)
+            ready.set()  # the jobs waiting for it go on to find it gone
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         if "job" in message:
@@ -231,6 +267,10 @@ class Helper:
         """The helper is gone (or being closed): its children are orphans nobody reports on; end them."""
         if self._control is control:
             self._control = None
+        if self._room is not None and not self._room.done():
+            self._room.set_exception(HelperUnavailable("the yt-dlp helper stopped"))
+        with contextlib.suppress(ValueError):
+            asyncio.get_running_loop().remove_writer(control)  # while it has a number to forget it by
         control.close()
         running = sum(not exited.done() for exited in self._exits.values())
         if not self._closing:

@@ -27,7 +27,8 @@ class PreparedCount:
     """``queryset.filter(<field>=key).count()``, the ORM's statement made once per database.
 
     ``placeholder`` must be a value of the field's type that no row has and that none of the queryset's own
-    parameters equals: it is how the key is found among them."""
+    parameters equals: it is how the key is found among them. The key goes to the database as it is, not
+    through the field's conversions: give it as the column holds it (an integer id), never None."""
 
     def __init__(self, queryset: QuerySet[Any], *, field: str, placeholder: Any) -> None:
         self._queryset = queryset

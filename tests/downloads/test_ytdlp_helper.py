@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -117,18 +119,53 @@ async def test_a_dead_helper_kills_its_running_jobs_and_the_next_job_starts_a_ne
 
 async def test_a_helper_that_does_not_take_a_job_is_killed_and_the_next_job_starts_a_new_one(
         helper: Helper, monkeypatch: pytest.MonkeyPatch):
-    await helper.start()
+    await _finish(await _spawn(helper, "--version"))  # ready: past its imports
     stuck = _helper_pid()
     os.kill(stuck, signal.SIGSTOP)  # alive, but it reads nothing
-    monkeypatch.setattr(ytdlp_helper, "FORK_TIMEOUT", 1.0)
 
-    with pytest.raises(HelperUnavailable, match="did not take a job within 1 s"):
-        await _spawn(helper, "--version")
+    with monkeypatch.context() as patched:
+        patched.setattr(ytdlp_helper, "FORK_TIMEOUT", 1.0)
+        with pytest.raises(HelperUnavailable, match="did not take a job within 1 s"):
+            await _spawn(helper, "--version")
     out, _, code = await _finish(await _spawn(helper, "--version"))
 
     assert not any(p.pid == stuck and p.state != "Z" for p in process_table())
     assert (code, helper.starts) == (0, 2)
     assert out.strip()
+
+
+async def test_a_helper_that_does_not_get_ready_is_killed(helper: Helper, monkeypatch: pytest.MonkeyPatch):
+    await helper.start()
+    stuck = _helper_pid()
+    os.kill(stuck, signal.SIGSTOP)  # still importing: a second at least
+    monkeypatch.setattr(ytdlp_helper, "START_TIMEOUT", 1.0)
+
+    with pytest.raises(HelperUnavailable, match="was not ready within 1 s"):
+        await _spawn(helper, "--version")
+
+    assert not any(p.pid == stuck and p.state != "Z" for p in process_table())
+
+
+async def test_jobs_waiting_at_once_for_room_on_the_socket_are_all_sent():
+    # asyncio keeps one writer callback per socket: without the turn each takes, only the last was woken.
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    filler = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            ours.send(b"x" * 1000)
+            filler += 1
+    helper = Helper()
+    senders = [asyncio.create_task(helper._send(ours, f"job {n}".encode(), [])) for n in (1, 2)]
+    await asyncio.sleep(0.1)  # both waiting for room
+
+    for _ in range(filler):
+        theirs.recv(2000)
+    await asyncio.wait_for(asyncio.gather(*senders), 5)
+
+    assert [theirs.recv(2000), theirs.recv(2000)] == [b"job 1", b"job 2"]
+    ours.close()
+    theirs.close()
 
 
 async def test_closing_the_helper_ends_it_and_its_jobs(silent_url: str):
