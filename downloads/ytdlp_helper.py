@@ -127,6 +127,8 @@ class Helper:
                 pid, exited = await forked
         except BaseException as exc:
             self._forks.pop(job, None)
+            if forked.done() and not forked.cancelled():
+                forked.exception()  # seen: the job fails for its own reason, raised below
             for fd in (*theirs, out_read, err_read):
                 bridge.native_close(fd)
             if isinstance(exc, TimeoutError):
