@@ -157,11 +157,18 @@ class Helper:
         if self._control is not control or process is None or reader is None:
             return
         logger.warning("yt-dlp helper %d %s; killing it", process.pid, waited)
-        with contextlib.suppress(OSError):
-            control.shutdown(socket.SHUT_RDWR)  # our reader sees the end now, whatever the helper does
         with contextlib.suppress(ProcessLookupError):
             process.kill()
-        await asyncio.wait([reader])
+        await self._end_reader()
+
+    async def _end_reader(self) -> None:
+        """Shut our end of the socket, so the reader sees the end now whatever the helper does, and wait for it:
+        on its way out it ends the helper's jobs."""
+        if self._control is not None:
+            with contextlib.suppress(OSError):
+                self._control.shutdown(socket.SHUT_RDWR)
+        if self._reader is not None:
+            await asyncio.wait([self._reader])
 
     async def start(self) -> None:
         """Start the helper now if it is not running (the worker does at start-up, so its first job does not
@@ -199,10 +206,7 @@ class Helper:
                 if self._reader is not None and not self._reader.done():
                     # The helper has exited, but its reader has not seen the socket close yet. It ends that
                     # helper's jobs when it does: let it, before the new helper has jobs it would end too.
-                    if self._control is not None:
-                        with contextlib.suppress(OSError):
-                            self._control.shutdown(socket.SHUT_RDWR)
-                    await asyncio.wait([self._reader])
+                    await self._end_reader()
                 # In a context of its own: the helper is the worker's, not a child of the run that needed it
                 # first (whose hard limit would kill it).
                 start = asyncio.get_running_loop().create_task(self._start(), context=contextvars.Context())
