@@ -21,7 +21,12 @@ if TYPE_CHECKING:
 
 
 def main(selected: list[str]) -> int:
-    data_dir = tempfile.mkdtemp(prefix="bench-data-")
+    # The run's database and files go with it: each run left a folder of its own in the temp dir.
+    with tempfile.TemporaryDirectory(prefix="bench-data-", ignore_cleanup_errors=True) as data_dir:
+        return _run(selected, data_dir=data_dir)
+
+
+def _run(selected: list[str], *, data_dir: str) -> int:
     os.environ["DATA_DIR"] = data_dir
     os.environ.pop("DATABASE_URL", None)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mediastore.settings")

@@ -56,7 +56,8 @@ async def _call(application: Any, token: str, method: str, path: str, body: dict
 def main(per_block: int) -> None:
     from tests.harness.services import redis_server
 
-    with redis_server(Path(tempfile.mkdtemp(prefix="api-instructions-")) / "redis") as broker_url:
+    with tempfile.TemporaryDirectory(prefix="api-instructions-") as folder, \
+            redis_server(Path(folder) / "redis") as broker_url:
         os.environ["CELERY_BROKER_URL"] = broker_url
         import django
 
