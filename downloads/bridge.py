@@ -13,10 +13,10 @@ loop"; loops driven by the gevent hub hung). So, per worker process:
   asgiref's ``AsyncToSync.executors.current`` first; each run sets its own (``_TaskGreenletExecutor``),
   which the waiting greenlet serves. The ORM call then runs where sync code belongs, on the task's own
   database connection, and ``DJANGO_ALLOW_ASYNC_UNSAFE`` is never needed.
-- **Subprocesses through an unpatched Popen.** gevent's ``os.close`` defers the close to the calling
-  thread's hub when it has one, and a hub in the loop thread never runs: Popen then waited forever on its
-  error pipe. asyncio therefore gets a private copy of ``subprocess`` whose ``os.close`` is the native one,
-  and waits for children with pidfds.
+- **``os.close`` closes at once off the main thread.** gevent's defers the close to the calling thread's
+  hub when it has one, and a hub in the loop thread or a native pool thread never runs: Popen waited forever
+  on its error pipe, and every reaped child's pidfd and every removed job folder's directory fds stayed open
+  until the worker ran out of fds (``native_close_off_the_hub``). asyncio waits for children with pidfds.
 - **Exit codes stay ours.** gevent's SIGCHLD handler reaps *every* child (``waitpid(-1)``), and asyncio
   then reports 255. gevent arms it whenever its own Popen runs, and Celery's start-up banner does just
   that (``platform.processor()`` runs ``uname -p``). The bridge switches it off when the worker is ready,
@@ -204,6 +204,30 @@ def native_metric_locks() -> None:
                 relock(child)
 
 
+
+def native_close_off_the_hub() -> None:
+    """``os.close`` closes at once on every thread but the gevent hub's (the main thread).
+
+    gevent (25.8.1 on) defers a close of anything but a regular file to the calling thread's hub, when that
+    thread has one, so that a watcher on the fd is stopped first. The loop thread and the native pool's
+    threads get a hub as soon as a patched primitive there needs one, and it never runs: their closes never
+    happened. Every subprocess asyncio reaped left its pidfd open (``PidfdChildWatcher``), and every job folder
+    removed on a pool thread its directory fds (``shutil.rmtree``): about 1 fd per job with the yt-dlp helper
+    and 4 without, until the worker ran out. No watcher of a hub that never runs can be hurt by a close.
+    """
+    if getattr(os.close, "_mediastore_native_off_the_hub", False):
+        return
+    cooperative, native = os.close, _original("os", "close")
+    get_ident = _original("_thread", "get_ident")
+    hub_thread = get_ident()
+
+    def close(fd: int) -> None:
+        (cooperative if get_ident() == hub_thread else native)(fd)
+
+    close._mediastore_native_off_the_hub = True  # type: ignore[attr-defined]
+    os.close = close
+
+
 # --- Native pieces for the loop thread --------------------------------------------------------------------
 
 
@@ -250,23 +274,13 @@ class _NativeThreadPool(concurrent.futures.Executor):
             self._queue.put(None)
 
 
-class _NativeOs(types.ModuleType):
-    """``os`` with the native ``close``: the rest is the (possibly patched) real module."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-
 def _native_subprocess_module() -> types.ModuleType:
-    """A private copy of ``subprocess`` for asyncio: native ``os.close``, and children recorded per run."""
+    """A private copy of ``subprocess`` for asyncio, whose children are recorded per run."""
     spec = importlib.util.find_spec("subprocess")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    native_os = _NativeOs("os")
-    native_os.close = _original("os", "close")  # type: ignore[attr-defined]
-    module.os = native_os  # type: ignore[attr-defined]
     base_popen = module.Popen
 
     class TrackedPopen(base_popen):  # type: ignore[misc, valid-type]
@@ -530,6 +544,7 @@ class Bridge:
         global _main_hub_loop, _main_thread_ident
         native_logging_locks()  # before the loop thread can log
         native_metric_locks()  # and before it can count
+        native_close_off_the_hub()  # before the loop thread can close anything
         _main_hub_loop = gevent.get_hub().loop
         _main_thread_ident = _original("_thread", "get_ident")()
         import asyncio.unix_events as unix_events

@@ -274,3 +274,38 @@ def test_metric_locks_are_native_in_a_patched_worker():
                           capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+_CLOSE_OFF_THE_HUB_PROBE = """
+import gevent.monkey
+gevent.monkey.patch_all()
+import asyncio, os, gevent
+from downloads import bridge
+
+def close_a_writer_here():
+    gevent.get_hub()  # this thread now has a hub that never runs, as any patched primitive used here gives it
+    read, write = os.pipe()
+    os.close(write)
+    os.set_blocking(read, False)
+    try:
+        return "closed" if os.read(read, 1) == b"" else "data?"
+    except BlockingIOError:
+        return "still open"
+    finally:
+        os.close(read)
+
+async def on_loop_and_pool():
+    return close_a_writer_here(), await asyncio.get_running_loop().run_in_executor(None, close_a_writer_here)
+
+loop = bridge.bridge.start()
+print(*asyncio.run_coroutine_threadsafe(on_loop_and_pool(), loop).result(10))
+"""
+
+
+def test_os_close_closes_at_once_on_the_loop_thread_and_the_pool():
+    # gevent defers a close to the calling thread's hub, and these threads' hubs never run: the worker kept the
+    # pidfd of every subprocess it reaped and the directory fds of every job folder it removed.
+    done = subprocess.run([os.environ.get("PYTHON", sys.executable), "-c", _CLOSE_OFF_THE_HUB_PROBE],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["closed", "closed"]
