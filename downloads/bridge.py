@@ -16,13 +16,14 @@ loop"; loops driven by the gevent hub hung). So, per worker process:
 - **``os.close`` closes at once off the main thread.** gevent's defers the close to the calling thread's
   hub when it has one, and a hub in the loop thread or a native pool thread never runs: Popen waited forever
   on its error pipe, and every reaped child's pidfd and every removed job folder's directory fds stayed open
-  until the worker ran out of fds (``native_close_off_the_hub``). asyncio waits for children with pidfds.
+  until the worker ran out of fds (``native_off_the_hub``). asyncio waits for children with pidfds.
 - **Exit codes stay ours.** gevent's SIGCHLD handler reaps *every* child (``waitpid(-1)``), and asyncio
   then reports 255. gevent arms it whenever its own Popen runs, and Celery's start-up banner does just
   that (``platform.processor()`` runs ``uname -p``). The bridge switches it off when the worker is ready,
   and again before each spawn if something armed it since, logging when it had to.
 - **Name resolution and ``run_in_executor(None, …)`` on native threads**: gevent's resolver and its
-  thread-backed pools would park work on a hub that never runs in the loop thread.
+  thread-backed pools would park work on a hub that never runs in the loop thread; ``socket.getaddrinfo``
+  called on those threads is the native one too (``native_off_the_hub``).
 - **Time limits and shutdown cancel the whole run.** The gevent pool implements no soft limit, so each
   run arms one on the loop; the hard limit is Celery's ``gevent.Timeout`` in the waiting greenlet; a warm
   shutdown cancels what is still running after its grace period (``cancel_all``). Each is a real
@@ -205,27 +206,38 @@ def native_metric_locks() -> None:
 
 
 
-def native_close_off_the_hub() -> None:
-    """``os.close`` closes at once on every thread but the gevent hub's (the main thread).
+# What the worker's other threads (the loop's, the native pool's) call from gevent-patched modules that must
+# behave natively there: gevent's versions lean on the calling thread's hub, and those hubs never run.
+_NATIVE_OFF_THE_HUB = (("os", "close"), ("socket", "getaddrinfo"))
 
-    gevent (25.8.1 on) defers a close of anything but a regular file to the calling thread's hub, when that
-    thread has one, so that a watcher on the fd is stopped first. The loop thread and the native pool's
-    threads get a hub as soon as a patched primitive there needs one, and it never runs: their closes never
-    happened. Every subprocess asyncio reaped left its pidfd open (``PidfdChildWatcher``), and every job folder
-    removed on a pool thread its directory fds (``shutil.rmtree``): about 1 fd per job with the yt-dlp helper
-    and 4 without, until the worker ran out. No watcher of a hub that never runs can be hurt by a close.
+
+def native_off_the_hub() -> None:
+    """``os.close`` and ``socket.getaddrinfo`` are the native ones on every thread but the gevent hub's (the
+    main thread, where task greenlets keep gevent's).
+
+    - gevent (25.8.1 on) defers a close of anything but a regular file to the calling thread's hub, when that
+      thread has one, so that a watcher on the fd is stopped first. The loop thread and the pool's threads get
+      a hub as soon as a patched primitive there needs one, and it never runs: their closes never happened.
+      Every subprocess asyncio reaped left its pidfd open (``PidfdChildWatcher``) and every job folder removed
+      on a pool thread its directory fds (``shutil.rmtree``), 1 to 3 fds per job, until the worker ran out.
+      A close cannot hurt a watcher of a hub that never runs.
+    - gevent's ``getaddrinfo`` gave each pool thread that checked a source URL (``egress.check_url``) a hub
+      and a thread pool of its own: the name resolution this module keeps native (``_BridgeLoop``).
     """
-    if getattr(os.close, "_mediastore_native_off_the_hub", False):
-        return
-    cooperative, native = os.close, _original("os", "close")
     get_ident = _original("_thread", "get_ident")
     hub_thread = get_ident()
+    for module_name, name in _NATIVE_OFF_THE_HUB:
+        module = sys.modules[module_name]
+        cooperative = getattr(module, name)
+        if getattr(cooperative, "_mediastore_native_off_the_hub", False):
+            continue
+        native = _original(module_name, name)
 
-    def close(fd: int) -> None:
-        (cooperative if get_ident() == hub_thread else native)(fd)
+        def call(*args: Any, _cooperative: Any = cooperative, _native: Any = native, **kwargs: Any) -> Any:
+            return (_cooperative if get_ident() == hub_thread else _native)(*args, **kwargs)
 
-    close._mediastore_native_off_the_hub = True  # type: ignore[attr-defined]
-    os.close = close
+        call._mediastore_native_off_the_hub = True  # type: ignore[attr-defined]
+        setattr(module, name, call)
 
 
 # --- Native pieces for the loop thread --------------------------------------------------------------------
@@ -544,7 +556,7 @@ class Bridge:
         global _main_hub_loop, _main_thread_ident
         native_logging_locks()  # before the loop thread can log
         native_metric_locks()  # and before it can count
-        native_close_off_the_hub()  # before the loop thread can close anything
+        native_off_the_hub()  # before the loop thread can close or resolve anything
         _main_hub_loop = gevent.get_hub().loop
         _main_thread_ident = _original("_thread", "get_ident")()
         import asyncio.unix_events as unix_events

@@ -276,13 +276,35 @@ def test_metric_locks_are_native_in_a_patched_worker():
     assert done.stdout.strip() == "ok"
 
 
-_CLOSE_OFF_THE_HUB_PROBE = """
+
+_OFF_THE_HUB_PROBE = """
 import gevent.monkey
 gevent.monkey.patch_all()
-import asyncio, os, gevent
+import asyncio, os, socket, gevent
+from gevent._hub_local import get_hub_if_exists
 from downloads import bridge
+{here}
+async def on_loop_and_pool():
+    return here(), await asyncio.get_running_loop().run_in_executor(None, here)
 
-def close_a_writer_here():
+loop = bridge.bridge.start()
+print(*asyncio.run_coroutine_threadsafe(on_loop_and_pool(), loop).result(10))
+"""
+
+
+def _on_loop_and_pool(here: str) -> list[str]:
+    """What ``here()`` (its source) returns on the loop thread and on a native pool thread of a patched worker."""
+    done = subprocess.run([os.environ.get("PYTHON", sys.executable), "-c", _OFF_THE_HUB_PROBE.format(here=here)],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_os_close_closes_at_once_on_the_loop_thread_and_the_pool():
+    # gevent defers a close to the calling thread's hub, and these threads' hubs never run: the worker kept the
+    # pidfd of every subprocess it reaped and the directory fds of every job folder it removed.
+    here = """
+def here():
     gevent.get_hub()  # this thread now has a hub that never runs, as any patched primitive used here gives it
     read, write = os.pipe()
     os.close(write)
@@ -290,22 +312,19 @@ def close_a_writer_here():
     try:
         return "closed" if os.read(read, 1) == b"" else "data?"
     except BlockingIOError:
-        return "still open"
+        return "still-open"
     finally:
         os.close(read)
-
-async def on_loop_and_pool():
-    return close_a_writer_here(), await asyncio.get_running_loop().run_in_executor(None, close_a_writer_here)
-
-loop = bridge.bridge.start()
-print(*asyncio.run_coroutine_threadsafe(on_loop_and_pool(), loop).result(10))
 """
+    assert _on_loop_and_pool(here) == ["closed", "closed"]
 
 
-def test_os_close_closes_at_once_on_the_loop_thread_and_the_pool():
-    # gevent defers a close to the calling thread's hub, and these threads' hubs never run: the worker kept the
-    # pidfd of every subprocess it reaped and the directory fds of every job folder it removed.
-    done = subprocess.run([os.environ.get("PYTHON", sys.executable), "-c", _CLOSE_OFF_THE_HUB_PROBE],
-                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["closed", "closed"]
+def test_name_resolution_on_the_loop_thread_and_the_pool_makes_no_hub():
+    # The worker checks a source URL's addresses on a pool thread; gevent's resolver gave that thread a hub
+    # (and a thread pool of its own) that never runs.
+    here = """
+def here():
+    socket.getaddrinfo("127.0.0.1", 80, proto=socket.IPPROTO_TCP)
+    return "no-hub" if get_hub_if_exists() is None else "hub"
+"""
+    assert _on_loop_and_pool(here) == ["no-hub", "no-hub"]
