@@ -262,6 +262,12 @@ class Helper:
                 exited = self._exits[pid] = asyncio.get_running_loop().create_future()
                 if forked is not None and not forked.done():
                     forked.set_result((pid, exited))
+                else:
+                    # Its job stopped waiting after the request was sent (a cancel, a time limit): nobody would
+                    # read this child's output or kill it on a cancel, and it would download on regardless.
+                    logger.warning("yt-dlp %d: its job %s was given up before the fork was answered; killed",
+                                   pid, message["job"])
+                    kill_group(pid)
             elif forked is not None and not forked.done():
                 forked.set_exception(HelperUnavailable(f"the yt-dlp helper could not fork: {message.get('error')}"))
         elif "pid" in message:

@@ -204,3 +204,32 @@ def test_the_helper_s_warm_up_imports_the_extractors_a_job_uses(media_server, tm
                           timeout=120, cwd=REPO_ROOT, env=ytdlp.guard_env(LOOPBACK), check=False)
 
     assert json.loads(done.stdout.splitlines()[-1]) == {"code": 0, "extractors": []}, done.stderr[-2000:]
+
+
+async def test_a_child_forked_for_a_job_already_given_up_is_killed(helper: Helper, silent_url: str,
+                                                                   caplog: pytest.LogCaptureFixture):
+    await _finish(await _spawn(helper, "--version"))  # ready: past its imports
+    paused = _helper_pid()
+    os.kill(paused, signal.SIGSTOP)  # the request is sent, and the answer waits
+    # A child that writes nothing while it works (the media child, until it is done) is not ended by the pipes
+    # its job closed: quiet, this yt-dlp would wait out its 60 s socket timeout.
+    job = asyncio.ensure_future(_spawn(helper, "--ignore-config", "--quiet", "--no-warnings", "--socket-timeout",
+                                       "60", "--", silent_url, policy=LOOPBACK))
+    await asyncio.sleep(0.5)
+    job.cancel()  # as a cancel or a time limit ends the job's wait
+    with pytest.raises(asyncio.CancelledError):
+        await job
+
+    os.kill(paused, signal.SIGCONT)  # it forks the child and answers now
+    for _ in range(100):
+        given_up = [r for r in caplog.records if "was given up before the fork was answered" in r.getMessage()]
+        if given_up:
+            break
+        await asyncio.sleep(0.1)
+    assert given_up, "the child forked for the given-up job was not reported"
+    child = given_up[0].args[0]
+    for _ in range(50):
+        if not any(p.pid == child and p.state != "Z" for p in process_table()):
+            break
+        await asyncio.sleep(0.1)
+    assert not any(p.pid == child and p.state != "Z" for p in process_table())
