@@ -50,6 +50,15 @@ async def _finish(process: ForkedProcess) -> tuple[bytes, bytes, int]:
     return out, err, await process.wait()
 
 
+async def _ended(pid: int) -> bool:
+    """Whether ``pid`` is gone (or a zombie) within 5 s: a SIGKILL is sent at once but takes effect a moment later."""
+    for _ in range(50):
+        if not any(p.pid == pid and p.state != "Z" for p in process_table()):
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
 def _helper_pid() -> int:
     (pid,) = ytdlp_helpers(os.getpid())
     return pid
@@ -111,7 +120,7 @@ async def test_a_dead_helper_kills_its_running_jobs_and_the_next_job_starts_a_ne
     out, _, again = await _finish(await _spawn(helper, "--version"))
 
     assert code == -signal.SIGKILL
-    assert not any(p.pid == waiting.pid and p.state != "Z" for p in process_table())
+    assert await _ended(waiting.pid)
     assert (again, helper.starts) == (0, 2)
     assert out.strip()
     assert _helper_pid() != first
@@ -129,7 +138,7 @@ async def test_a_helper_that_does_not_take_a_job_is_killed_and_the_next_job_star
             await _spawn(helper, "--version")
     out, _, code = await _finish(await _spawn(helper, "--version"))
 
-    assert not any(p.pid == stuck and p.state != "Z" for p in process_table())
+    assert await _ended(stuck)
     assert (code, helper.starts) == (0, 2)
     assert out.strip()
 
@@ -143,7 +152,7 @@ async def test_a_helper_that_does_not_get_ready_is_killed(helper: Helper, monkey
     with pytest.raises(HelperUnavailable, match="was not ready within 1 s"):
         await _spawn(helper, "--version")
 
-    assert not any(p.pid == stuck and p.state != "Z" for p in process_table())
+    assert await _ended(stuck)
 
 
 async def test_jobs_waiting_at_once_for_room_on_the_socket_are_all_sent():
@@ -227,9 +236,4 @@ async def test_a_child_forked_for_a_job_already_given_up_is_killed(helper: Helpe
             break
         await asyncio.sleep(0.1)
     assert given_up, "the child forked for the given-up job was not reported"
-    child = given_up[0].args[0]
-    for _ in range(50):
-        if not any(p.pid == child and p.state != "Z" for p in process_table()):
-            break
-        await asyncio.sleep(0.1)
-    assert not any(p.pid == child and p.state != "Z" for p in process_table())
+    assert await _ended(given_up[0].args[0])
