@@ -5,6 +5,9 @@ Both endpoints are warmed first (a process's first request of a kind pays for im
 is not the steady state being compared), then measured in alternating rounds (trivial, store, trivial, …), so
 that a drift of the machine (the other engineers' work on the same 2 cores, the SQLite file growing) falls on
 both alike. p50/p99 and throughput are over all rounds of an endpoint; the note holds each round's raw figures.
+Each round's clients open new keep-alive connections, and how they fall on the 4 workers is chance (a uvicorn
+worker accepts every connection waiting when it wakes): 17/8/4/3 in one round, 10/9/7/6 in the next. The busiest
+worker's clients make that round's tail, on both endpoints alike, so each round also reports the split.
 The gunicorn workers' CPU per request (user + system, from /proc) is reported too: it is what the throughput
 follows on these 2 shared cores, and moves less from round to round than the throughput does.
 Acceptance (issue 16): store p99 <= 1.5x and throughput >= 0.7x the trivial view's.
@@ -12,6 +15,8 @@ Acceptance (issue 16): store p99 <= 1.5x and throughput >= 0.7x the trivial view
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import sys
 import threading
@@ -39,6 +44,7 @@ class _Endpoint:
     body: dict[str, str] | None
     latencies: list[float] = field(default_factory=list)
     rounds: list[tuple[int, float, float]] = field(default_factory=list)  # (requests, p50 ms, p99 ms)
+    splits: list[list[int]] = field(default_factory=list)  # the round's connections per worker, busiest first
     cpu: list[tuple[float, float]] = field(default_factory=list)  # the server's (user, system) ms per request
     failures: Counter[int] = field(default_factory=Counter)
 
@@ -89,6 +95,25 @@ def _server_cpu(master: int) -> tuple[float, float]:
     return user, system
 
 
+def _connections_per_worker(master: int, port: int) -> list[int]:
+    """How many established connections to ``port`` each gunicorn worker holds now, busiest first."""
+    established = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 01: ESTABLISHED
+                established.add(f"socket:[{fields[9]}]")
+    counts = []
+    for pid in descendants_of(master):
+        held = 0
+        with contextlib.suppress(OSError):  # a worker that exited meanwhile
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    held += os.readlink(fd) in established
+        counts.append(held)
+    return sorted(counts, reverse=True)
+
+
 def _p(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] * 1000
 
@@ -113,7 +138,13 @@ def run(*, database_url: str) -> list[Result]:
         for _ in range(ROUNDS):
             for endpoint in (trivial, store):
                 before = _server_cpu(server.pid)
+                midway: list[list[int]] = []  # the split once every client has connected
+                timer = threading.Timer(ROUND_SECONDS / 2, lambda found=midway: found.append(
+                    _connections_per_worker(server.pid, server.port)))
+                timer.start()
                 latencies, failures = _load(endpoint, base, token, ROUND_SECONDS)
+                timer.join()
+                endpoint.splits += midway
                 after = _server_cpu(server.pid)
                 endpoint.latencies += latencies
                 endpoint.failures.update(failures)
@@ -128,7 +159,8 @@ def run(*, database_url: str) -> list[Result]:
               file=sys.stderr)
 
     def raw(endpoint: _Endpoint) -> str:
-        return "; ".join(f"{n / ROUND_SECONDS:.0f}/s p50 {p50:.1f} p99 {p99:.1f}" for n, p50, p99 in endpoint.rounds)
+        return "; ".join(f"{n / ROUND_SECONDS:.0f}/s p50 {p50:.1f} p99 {p99:.1f} conns {'/'.join(map(str, split))}"
+                         for (n, p50, p99), split in zip(endpoint.rounds, endpoint.splits, strict=True))
 
     print(f"bench_api_store rounds (req/s, ms): store: {raw(store)} | GET /me: {raw(trivial)}", file=sys.stderr)
 
