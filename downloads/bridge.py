@@ -47,7 +47,6 @@ import concurrent.futures
 import contextvars
 import importlib.util
 import logging
-import os
 import signal
 import sys
 import threading
@@ -205,7 +204,6 @@ def native_metric_locks() -> None:
                 relock(child)
 
 
-
 # What the worker's other threads (the loop's, the native pool's) call from gevent-patched modules that must
 # behave natively there: gevent's versions lean on the calling thread's hub, and those hubs never run.
 _NATIVE_OFF_THE_HUB = (("os", "close"), ("socket", "getaddrinfo"))
@@ -218,8 +216,10 @@ def native_off_the_hub() -> None:
     - gevent (25.8.1 on) defers a close of anything but a regular file to the calling thread's hub, when that
       thread has one, so that a watcher on the fd is stopped first. The loop thread and the pool's threads get
       a hub as soon as a patched primitive there needs one, and it never runs: their closes never happened.
-      Every subprocess asyncio reaped left its pidfd open (``PidfdChildWatcher``) and every job folder removed
-      on a pool thread its directory fds (``shutil.rmtree``), 1 to 3 fds per job, until the worker ran out.
+      A pipe's write end closed there stayed open, so its reader never saw the end (the yt-dlp helper's job
+      pipes). Every subprocess asyncio reaped left its pidfd open (``PidfdChildWatcher``), and every job
+      folder removed on a pool thread its directory fds (``shutil.rmtree``): 1 to 4 fds per job, until the
+      worker ran out.
       A close cannot hurt a watcher of a hub that never runs.
     - gevent's ``getaddrinfo`` gave each pool thread that checked a source URL (``egress.check_url``) a hub
       and a thread pool of its own: the name resolution this module keeps native (``_BridgeLoop``).
@@ -512,12 +512,6 @@ def native_socketpair(family: int, kind: int) -> tuple[Any, Any]:
 
     pair = _original("socket", "socketpair") if gevent_is_active() else socket.socketpair
     return cast("tuple[Any, Any]", pair(family, kind))
-
-
-def native_close(fd: int) -> None:
-    """``os.close`` that closes now: gevent's defers the close to the calling thread's hub, which never runs
-    in the loop thread (a pipe's write end stayed open there, so its reader never saw the end)."""
-    (_original("os", "close") if gevent_is_active() else os.close)(fd)
 
 
 def on_worker_loop() -> bool:

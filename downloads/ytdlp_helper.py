@@ -122,7 +122,7 @@ class Helper:
                     await self._send(control, message, theirs)
                 finally:  # the child has its own copies: ours would keep the pipes from ending
                     for fd in theirs:
-                        bridge.native_close(fd)
+                        os.close(fd)
                     theirs = []
                 pid, exited = await forked
         except BaseException as exc:
@@ -130,7 +130,7 @@ class Helper:
             if forked.done() and not forked.cancelled():
                 forked.exception()  # seen: the job fails for its own reason, raised below
             for fd in (*theirs, out_read, err_read):
-                bridge.native_close(fd)
+                os.close(fd)
             if isinstance(exc, TimeoutError):
                 await asyncio.shield(self._stop_stuck(control, waited))
                 raise HelperUnavailable(f"the yt-dlp helper {waited}; it is stopped, and the next job starts a new "
