@@ -507,11 +507,18 @@ def own_child(pid: int) -> Callable[[object], None]:
 
 def native_socketpair(family: int, kind: int) -> tuple[Any, Any]:
     """``socket.socketpair`` as the standard library has it: gevent's sockets wait on a hub, which never runs in
-    the loop thread (the yt-dlp helper's control socket hung there)."""
+    the loop thread (the yt-dlp helper's control socket hung there). The unpatched ``socketpair`` is not
+    enough: it makes its sockets with the module's ``socket`` class, which is gevent's once patched (and each
+    gives the thread that makes it a hub)."""
     import socket
 
-    pair = _original("socket", "socketpair") if gevent_is_active() else socket.socketpair
-    return cast("tuple[Any, Any]", pair(family, kind))
+    if not gevent_is_active():
+        return socket.socketpair(family, kind)
+    import _socket
+
+    native = _original("socket", "socket")
+    ends = _socket.socketpair(family, kind)
+    return cast("tuple[Any, Any]", tuple(native(family, kind, fileno=end.detach()) for end in ends))
 
 
 def on_worker_loop() -> bool:

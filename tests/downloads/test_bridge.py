@@ -328,3 +328,17 @@ def here():
     return "no-hub" if get_hub_if_exists() is None else "hub"
 """
     assert _on_loop_and_pool(here) == ["no-hub", "no-hub"]
+
+
+def test_a_native_socketpair_is_made_of_native_sockets_and_makes_no_hub():
+    # The yt-dlp helper's control socket lives on the loop thread; a gevent socket there gave it a hub.
+    here = """
+def here():
+    ours, theirs = bridge.native_socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        native = gevent.monkey.get_original("socket", "socket")
+        ours.sendall(b"x")
+        kinds = "native" if type(ours) is native and type(theirs) is native and theirs.recv(1) == b"x" else "gevent"
+    return kinds + ("" if get_hub_if_exists() is None else "+hub")
+"""
+    assert _on_loop_and_pool(here) == ["native", "native"]
