@@ -36,6 +36,8 @@ SHARED_KEY = "ytdlp-helper"
 # that has not answered by then is stuck; waiting on would hold the job until the task's time limit, hours away.
 START_TIMEOUT = 120.0
 FORK_TIMEOUT = 60.0
+# A job still waiting for the helper to be ready after this long says so: a slow start is not a silent one.
+START_NOTICE = 10.0
 
 
 class HelperUnavailable(OSError):
@@ -114,7 +116,7 @@ class Helper:
         waited = f"was not ready within {START_TIMEOUT:g} s"
         try:
             async with asyncio.timeout(START_TIMEOUT):
-                await ready.wait()
+                await self._wait_ready(ready)
             waited = f"did not take a job within {FORK_TIMEOUT:g} s"
             async with asyncio.timeout(FORK_TIMEOUT):
                 try:
@@ -148,6 +150,16 @@ class Helper:
             streams.append(reader)
             transports.append(transport)
         return ForkedProcess(pid=pid, stdout=streams[0], stderr=streams[1], exited=exited, transports=transports)
+
+    async def _wait_ready(self, ready: asyncio.Event) -> None:
+        try:
+            async with asyncio.timeout(START_NOTICE):
+                await ready.wait()
+        except TimeoutError:
+            pid = self._process.pid if self._process is not None else None
+            logger.warning("yt-dlp helper %s is not ready after %g s; a job waits for it up to %g s, then runs "
+                           "yt-dlp as a subprocess of its own", pid, START_NOTICE, START_TIMEOUT)
+            await ready.wait()
 
     async def _stop_stuck(self, control: socket.socket, waited: str) -> None:
         """End the helper behind ``control``, which does not answer, unless it has ended already. Once its

@@ -155,6 +155,22 @@ async def test_a_helper_that_does_not_get_ready_is_killed(helper: Helper, monkey
     assert await _ended(stuck)
 
 
+async def test_a_job_waiting_long_for_the_helper_to_be_ready_says_so(helper: Helper, monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture):
+    await helper.start()
+    stuck = _helper_pid()
+    os.kill(stuck, signal.SIGSTOP)  # still importing: a second at least
+    monkeypatch.setattr(ytdlp_helper, "START_NOTICE", 0.3)
+    monkeypatch.setattr(ytdlp_helper, "START_TIMEOUT", 1.5)
+
+    with pytest.raises(HelperUnavailable, match=r"was not ready within 1\.5 s"):
+        await _spawn(helper, "--version")
+
+    said = [r.getMessage() for r in caplog.records if "is not ready after" in r.getMessage()]
+    assert said == [f"yt-dlp helper {stuck} is not ready after 0.3 s; a job waits for it up to 1.5 s, then runs "
+                    "yt-dlp as a subprocess of its own"]
+
+
 async def test_jobs_waiting_at_once_for_room_on_the_socket_are_all_sent():
     # asyncio keeps one writer callback per socket: without the turn each takes, only the last was woken.
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
