@@ -216,6 +216,14 @@ def test_a_reaped_child_is_forgotten_so_a_hard_limit_cannot_kill_a_reused_pid():
     assert state.children == set()
 
 
+def _probe(source: str) -> subprocess.CompletedProcess[str]:
+    """``source`` run by a Python of its own (where it may monkey-patch), which must succeed."""
+    done = subprocess.run([os.environ.get("PYTHON", sys.executable), "-c", source],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 _NATIVE_LOCKS_PROBE = """
 import gevent.monkey
 gevent.monkey.patch_all()
@@ -237,9 +245,7 @@ print("ok")
 def test_logging_locks_are_native_in_a_patched_worker():
     # A greenlet waiting on a gevent-backed handler lock that a native thread releases can stay parked for
     # good (gevent/gevent#2013): the consumer greenlet of the worker did, in "Task ... received".
-    done = subprocess.run([os.environ.get("PYTHON", sys.executable), "-c", _NATIVE_LOCKS_PROBE],
-                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
-    assert done.returncode == 0, done.stderr
+    done = _probe(_NATIVE_LOCKS_PROBE)
     assert done.stdout.strip() == "ok"
     assert "still logs" in done.stderr
 
@@ -270,11 +276,8 @@ print("ok")
 def test_metric_locks_are_native_in_a_patched_worker():
     # The pipeline counts on the loop thread while the metrics server's greenlets read the same values: a
     # gevent-backed lock shared by a native thread and greenlets can park its waiter for good (as logging's did).
-    done = subprocess.run([os.environ.get("PYTHON", sys.executable), "-c", _NATIVE_METRIC_LOCKS_PROBE],
-                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
-    assert done.returncode == 0, done.stderr
+    done = _probe(_NATIVE_METRIC_LOCKS_PROBE)
     assert done.stdout.strip() == "ok"
-
 
 
 _OFF_THE_HUB_PROBE = """
@@ -294,10 +297,7 @@ print(*asyncio.run_coroutine_threadsafe(on_loop_and_pool(), loop).result(10))
 
 def _on_loop_and_pool(here: str) -> list[str]:
     """What ``here()`` (its source) returns on the loop thread and on a native pool thread of a patched worker."""
-    done = subprocess.run([os.environ.get("PYTHON", sys.executable), "-c", _OFF_THE_HUB_PROBE.format(here=here)],
-                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
-    assert done.returncode == 0, done.stderr
-    return done.stdout.split()
+    return _probe(_OFF_THE_HUB_PROBE.format(here=here)).stdout.split()
 
 
 def test_os_close_closes_at_once_on_the_loop_thread_and_the_pool():
