@@ -6,8 +6,8 @@ is not the steady state being compared), then measured in alternating rounds (tr
 that a drift of the machine (the other engineers' work on the same 2 cores, the SQLite file growing) falls on
 both alike. p50/p99 and throughput are over all rounds of an endpoint; the note holds each round's raw figures.
 Each round's clients open new keep-alive connections, and how they fall on the 4 workers is chance (a uvicorn
-worker accepts every connection waiting when it wakes): 17/8/4/3 in one round, 10/9/7/6 in the next. The busiest
-worker's clients make that round's tail, on both endpoints alike, so each round also reports the split.
+worker accepts every connection waiting when it wakes): 17/8/4/3 in one round, 10/9/7/6 in the next. A busy
+worker's clients wait longer, on both endpoints alike, so each round also reports the split.
 The gunicorn workers' CPU per request (user + system, from /proc) is reported too: it is what the throughput
 follows on these 2 shared cores, and moves less from round to round than the throughput does.
 Acceptance (issue 16): store p99 <= 1.5x and throughput >= 0.7x the trivial view's.
@@ -15,8 +15,6 @@ Acceptance (issue 16): store p99 <= 1.5x and throughput >= 0.7x the trivial view
 
 from __future__ import annotations
 
-import contextlib
-import os
 import statistics
 import sys
 import threading
@@ -28,7 +26,7 @@ from pathlib import Path
 import requests
 
 from benchmarks.common import Result, cpu_seconds, gunicorn_server, scratch_dir
-from tests.harness.processes import descendants_of
+from tests.harness.processes import descendants_of, open_fds
 
 CLIENTS = 32
 WARM_SECONDS = 2.0
@@ -105,12 +103,10 @@ def _connections_per_worker(master: int, port: int) -> list[int]:
                 established.add(f"socket:[{fields[9]}]")
     counts = []
     for pid in descendants_of(master):
-        held = 0
-        with contextlib.suppress(OSError):  # a worker that exited meanwhile
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                with contextlib.suppress(OSError):
-                    held += os.readlink(fd) in established
-        counts.append(held)
+        try:
+            counts.append(sum(target in established for target in open_fds(pid)))
+        except OSError:  # a worker that exited meanwhile
+            counts.append(0)
     return sorted(counts, reverse=True)
 
 

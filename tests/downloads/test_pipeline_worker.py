@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
-import os
 import subprocess
 import time
 from collections import Counter
@@ -21,6 +19,7 @@ from scenes.models import Scene
 from tests.harness import scene_states
 from tests.harness.faults import FaultProxy, is_upload_part
 from tests.harness.media import MediaServer
+from tests.harness.processes import open_fds
 from tests.harness.services import r2_env
 
 LIMITS = {
@@ -106,15 +105,6 @@ def test_media_is_stored_with_metadata_and_thumbnail(s3_worker, owner, bucket, m
     _assert_clean(bucket, job_tmp)
 
 
-def _open_fds(pid: int) -> list[str]:
-    """What each of ``pid``'s open fds refers to (``pipe:[…]``, ``anon_inode:[pidfd]``, a path, …)."""
-    found = []
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):  # closed while listed
-            found.append(os.readlink(fd))
-    return found
-
-
 @pytest.mark.parametrize("helper", ["1", "0"], ids=["ytdlp-helper", "ytdlp-plain"])
 def test_finished_jobs_leave_no_open_fds_in_the_worker(s3_worker, owner, media_server: MediaServer, helper: str):
     # Closes on the loop thread and the native pool went to hubs that never run (gevent defers them): each job
@@ -123,12 +113,12 @@ def test_finished_jobs_leave_no_open_fds_in_the_worker(s3_worker, owner, media_s
     worker = s3_worker(MEDIA_YTDLP_HELPER=helper)
     for _ in range(2):  # clients, pools and the helper are made on the first jobs
         assert scene_states.ingest(owner, media_server.url("video.mp4")).status == Scene.Status.COMPLETED
-    before = _open_fds(worker.process.process.pid)
+    before = open_fds(worker.process.process.pid)
 
     for _ in range(6):
         assert scene_states.ingest(owner, media_server.url("video.mp4")).status == Scene.Status.COMPLETED
 
-    after = _open_fds(worker.process.process.pid)
+    after = open_fds(worker.process.process.pid)
     assert [target for target in after if target.endswith("(deleted)")] == []
     assert Counter(after) - Counter(before) == Counter()
 

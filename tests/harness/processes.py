@@ -116,6 +116,16 @@ def process_table() -> list[ProcessInfo]:
     return table
 
 
+def open_fds(pid: int) -> list[str]:
+    """What each of ``pid``'s open fds refers to (``pipe:[…]``, ``socket:[…]``, ``anon_inode:[pidfd]``, a path, …);
+    ``OSError`` when ``pid`` is gone (an fd closed while they are read is skipped)."""
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            found.append(os.readlink(fd))
+    return found
+
+
 def descendants_of(pid: int, *, table: list[ProcessInfo] | None = None) -> list[int]:
     """The pids of every process below ``pid`` (children, theirs, …), whatever session or group they are in;
     from ``table`` when given (one snapshot for several questions), else from /proc now."""
