@@ -210,8 +210,8 @@ _NATIVE_OFF_THE_HUB = (("os", "close"), ("socket", "getaddrinfo"))
 
 
 def native_off_the_hub() -> None:
-    """``os.close`` and ``socket.getaddrinfo`` are the native ones on every thread but the gevent hub's (the
-    main thread, where task greenlets keep gevent's).
+    """``os.close`` and ``socket.getaddrinfo`` are the native ones on every thread but the gevent hub's
+    (``_main_thread_ident``, where task greenlets keep gevent's).
 
     - gevent (25.8.1 on) defers a close of anything but a regular file to the calling thread's hub, when that
       thread has one, so that a watcher on the fd is stopped first. The loop thread and the pool's threads get
@@ -219,13 +219,11 @@ def native_off_the_hub() -> None:
       A pipe's write end closed there stayed open, so its reader never saw the end (the yt-dlp helper's job
       pipes). Every subprocess asyncio reaped left its pidfd open (``PidfdChildWatcher``), and every job
       folder removed on a pool thread its directory fds (``shutil.rmtree``): 1 to 4 fds per job, until the
-      worker ran out.
-      A close cannot hurt a watcher of a hub that never runs.
+      worker ran out. A close cannot hurt a watcher of a hub that never runs.
     - gevent's ``getaddrinfo`` gave each pool thread that checked a source URL (``egress.check_url``) a hub
       and a thread pool of its own: the name resolution this module keeps native (``_BridgeLoop``).
     """
     get_ident = _original("_thread", "get_ident")
-    hub_thread = get_ident()
     for module_name, name in _NATIVE_OFF_THE_HUB:
         module = sys.modules[module_name]
         cooperative = getattr(module, name)
@@ -234,7 +232,7 @@ def native_off_the_hub() -> None:
         native = _original(module_name, name)
 
         def call(*args: Any, _cooperative: Any = cooperative, _native: Any = native, **kwargs: Any) -> Any:
-            return (_cooperative if get_ident() == hub_thread else _native)(*args, **kwargs)
+            return (_cooperative if get_ident() == _main_thread_ident else _native)(*args, **kwargs)
 
         call._mediastore_native_off_the_hub = True  # type: ignore[attr-defined]
         setattr(module, name, call)
@@ -557,9 +555,9 @@ class Bridge:
         global _main_hub_loop, _main_thread_ident
         native_logging_locks()  # before the loop thread can log
         native_metric_locks()  # and before it can count
-        native_off_the_hub()  # before the loop thread can close or resolve anything
         _main_hub_loop = gevent.get_hub().loop
         _main_thread_ident = _original("_thread", "get_ident")()
+        native_off_the_hub()  # before the loop thread can close or resolve anything
         import asyncio.unix_events as unix_events
 
         unix_events.subprocess = _native_subprocess_module()  # type: ignore[attr-defined]
