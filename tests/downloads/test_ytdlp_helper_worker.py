@@ -40,8 +40,9 @@ def test_the_helper_is_started_with_the_worker_before_any_job(start_worker):
     # The first job would otherwise wait for it to import yt-dlp and FFmpeg's libraries (about 0.5 s).
     worker = start_worker(concurrency=4, env=LIMITS)
 
-    wait_until(lambda: len(ytdlp_helpers(worker.process.pid)) == 1, timeout=30, what="the yt-dlp helper")
-    assert "started (start 1)" in worker.log()
+    # The helper is in /proc as soon as it is forked, a moment before the worker logs that it started it.
+    wait_until(lambda: "started (start 1)" in worker.log(), timeout=30, what="the yt-dlp helper's start line")
+    assert len(ytdlp_helpers(worker.process.pid)) == 1
 
 
 def test_with_the_helper_off_jobs_run_as_plain_subprocesses(owner, start_worker, media_server: MediaServer):
