@@ -21,6 +21,7 @@ from downloads.asynctask import AsyncTask
 from mediastore import liveness, metrics
 from mediastore.celery import app as celery_app
 from mediastore.fingerprint import config_fingerprint
+from mediastore.prepared import KeptMessage
 
 logger = get_task_logger(__name__)
 worker_logger = logging.getLogger(__name__)  # outside a task: Celery's task logger would print ???[???]
@@ -125,7 +126,7 @@ async def hello_world() -> str:
     return "hello world"
 
 
-class _DownloadTask(AsyncTask):
+class _DownloadTask(KeptMessage, AsyncTask):  # KeptMessage: every store request sends one
     abstract = True
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:

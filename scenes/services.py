@@ -20,6 +20,7 @@ from django.db.models.signals import post_delete
 from django.dispatch import receiver
 from django.utils import timezone
 
+from mediastore.prepared import PreparedInsert
 from scenes import lifecycle, selectors
 from scenes.models import IdempotencyRecord, PendingDeletion, Project, Scene
 from scenes.validators import validate_media_url
@@ -27,6 +28,9 @@ from scenes.validators import validate_media_url
 logger = logging.getLogger(__name__)
 
 Status = Scene.Status
+
+# Every store request inserts one scene: the ORM's statement, compiled once (``mediastore.prepared``).
+_insert_scene = PreparedInsert(Scene)
 
 
 def project_create(*, owner: User, name: str) -> Project:
@@ -88,8 +92,7 @@ def scene_store(
         # One INSERT that commits by itself, not BEGIN IMMEDIATE … COMMIT around it: the write lock every web
         # process and the worker share is then held while SQLite writes, not also while this thread waits
         # for the GIL between the statements (other writers poll for it in steps of 1 to 100 ms).
-        scene = Scene.objects.create(owner=owner, source_url=source_url, project=project, title=title,
-                                     task_id=task_id)
+        scene = _insert_scene(owner=owner, source_url=source_url, project=project, title=title, task_id=task_id)
         _enqueue_after_commit(task=download_media_task, args=[scene.pk], task_id=task_id)
         return scene
     changes: dict[str, Any] = {"source_url": source_url}
